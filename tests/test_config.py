@@ -1,0 +1,733 @@
+"""Tests of usher_pipeline.config: models, validation messages, loading, hashing, slices."""
+
+from __future__ import annotations
+
+import copy
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import pytest
+import yaml
+
+import usher_pipeline.config as config_pkg
+from usher_pipeline.config import (
+    APIConfig,
+    ConfigError,
+    DataSourceVersions,
+    DemoConfig,
+    FetchConfig,
+    LayerConfig,
+    PipelineConfig,
+    ScoringWeights,
+    StoreConfig,
+    TierThresholds,
+    json_schema,
+    load_config,
+    load_config_with_overrides,
+    validate_config_dict,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+EMBEDDED = REPO / "config" / "config.yaml"
+SCHEMA_FILE = REPO / "config" / "config.schema.json"
+
+
+def embedded_dict() -> dict[str, Any]:
+    """A fresh copy of the embedded default config as a plain dict."""
+    return yaml.safe_load(EMBEDDED.read_text(encoding="utf-8"))
+
+
+def with_value(dotted: str, value: Any) -> dict[str, Any]:
+    """The embedded config with `value` set at a dotted path."""
+    data = embedded_dict()
+    *parents, leaf = dotted.split(".")
+    node = data
+    for part in parents:
+        node = node.setdefault(part, {})
+    node[leaf] = value
+    return data
+
+
+def error_of(data: dict[str, Any], source: str = "config/x.yaml") -> str:
+    """The ConfigError message of an invalid config dict."""
+    with pytest.raises(ConfigError) as info:
+        validate_config_dict(data, source)
+    return str(info.value)
+
+
+def minimal() -> PipelineConfig:
+    return PipelineConfig(versions=DataSourceVersions(ensembl_release=113))
+
+
+def write(tmp_path: Path, text: str, name: str = "config.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+# --- defaults -------------------------------------------------------------------------------
+
+
+def test_defaults_match_the_documented_values():
+    cfg = minimal()
+    assert cfg.data_dir == Path("data")
+    assert cfg.cache_dir == Path("data/cache")
+    assert cfg.duckdb_path == Path("results/pipeline.duckdb")
+    assert cfg.results_dir == Path("results")
+    assert cfg.versions.model_dump() == {
+        "ensembl_release": 113,
+        "gnomad_version": "v4.1",
+        "gtex_version": "v8",
+        "hpa_version": "23.0",
+    }
+    assert cfg.api == APIConfig(
+        rate_limit_per_second=5, max_retries=5, cache_ttl_seconds=86400, timeout_seconds=30
+    )
+    assert cfg.scoring.model_dump() == {
+        "gnomad": 0.20,
+        "expression": 0.20,
+        "annotation": 0.15,
+        "localization": 0.15,
+        "animal_model": 0.15,
+        "literature": 0.15,
+    }
+    assert cfg.store == StoreConfig(lock_timeout_seconds=120.0, database_mode="job")
+    demo = cfg.demo
+    assert demo.hpo_data_dir is None
+    assert demo.gene_limit is None
+    assert demo.min_valid_id_fraction == 0.99
+    assert demo.usher_disease_pattern == "^Usher syndrome"
+    assert demo.fetch == FetchConfig(batch_size=250, batch_latency_seconds=0.05)
+    assert demo.layers == {
+        "hearing": LayerConfig(terms=["HP:0000365"], weight=0.4),
+        "retina": LayerConfig(terms=["HP:0000479"], weight=0.35),
+        "vestibular": LayerConfig(terms=["HP:0001751"], weight=0.25),
+    }
+    assert demo.tiers == TierThresholds(high=0.5, medium=0.3)
+
+
+def test_defaults_are_not_shared_between_instances():
+    first, second = minimal(), minimal()
+    first.demo.layers["hearing"].weight = 0.9
+    first.api.max_retries = 9
+    assert second.demo.layers["hearing"].weight == 0.4
+    assert second.api.max_retries == 5
+    assert minimal().demo.layers["hearing"].weight == 0.4
+
+
+def test_ensembl_release_is_required():
+    message = error_of({"versions": {}})
+    assert "versions.ensembl_release: Field required" in message
+    assert "versions: Field required" in error_of({})
+
+
+def test_embedded_config_loads_and_equals_the_model_defaults():
+    cfg = load_config(EMBEDDED)
+    assert cfg.versions.ensembl_release == 113
+    assert cfg == minimal()
+    assert cfg.config_hash() == minimal().config_hash()
+
+
+def test_embedded_config_writes_out_every_key_of_every_section():
+    def keys(value: Any, prefix: str = "") -> set[str]:
+        if not isinstance(value, dict):
+            return {prefix}
+        found = {prefix} if prefix else set()
+        for key, child in value.items():
+            found |= keys(child, f"{prefix}.{key}" if prefix else key)
+        return found
+
+    written = keys(embedded_dict())
+    model = keys(minimal().model_dump(mode="json"))
+    assert written == model
+
+
+def test_embedded_config_validates_against_the_generated_json_schema():
+    jsonschema.validate(embedded_dict(), json.loads(SCHEMA_FILE.read_text(encoding="utf-8")))
+
+
+# --- validation rules -----------------------------------------------------------------------
+
+BAD_VALUES = [
+    ("versions.ensembl_release", 99, "greater than or equal to 100"),
+    ("versions.ensembl_release", -1, "greater than or equal to 100"),
+    ("versions.ensembl_release", "abc", "valid integer"),
+    ("versions.ensembl_release", 113.5, "valid integer"),
+    ("versions.gnomad_version", 4, "valid string"),
+    ("api.rate_limit_per_second", 0, "greater than or equal to 1"),
+    ("api.max_retries", 0, "greater than or equal to 1"),
+    ("api.max_retries", 21, "less than or equal to 20"),
+    ("api.max_retries", "many", "valid integer"),
+    ("api.cache_ttl_seconds", -1, "greater than or equal to 0"),
+    ("api.timeout_seconds", 0, "greater than or equal to 1"),
+    ("api.timeout_seconds", -5, "greater than or equal to 1"),
+    ("scoring.gnomad", -0.1, "greater than or equal to 0"),
+    ("scoring.literature", 1.5, "less than or equal to 1"),
+    ("scoring.expression", "high", "valid number"),
+    ("store.lock_timeout_seconds", 0, "greater than 0"),
+    ("store.lock_timeout_seconds", -1.0, "greater than 0"),
+    ("store.database_mode", "cluster", "'job' or 'head'"),
+    ("demo.gene_limit", 0, "greater than or equal to 1"),
+    ("demo.gene_limit", -3, "greater than or equal to 1"),
+    ("demo.min_valid_id_fraction", -0.01, "greater than or equal to 0"),
+    ("demo.min_valid_id_fraction", 1.01, "less than or equal to 1"),
+    ("demo.usher_disease_pattern", "(Usher", "not a valid regular expression"),
+    ("demo.fetch.batch_size", 0, "greater than or equal to 1"),
+    ("demo.fetch.batch_latency_seconds", -0.05, "greater than or equal to 0"),
+    ("demo.layers.hearing.weight", 1.2, "less than or equal to 1"),
+    ("demo.layers.hearing.weight", -0.4, "greater than or equal to 0"),
+    ("demo.layers.hearing.terms", [], "at least 1 item"),
+    ("demo.layers.hearing.terms", "HP:0000365", "valid list"),
+    ("demo.tiers.high", 1.5, "less than or equal to 1"),
+    ("demo.tiers.medium", -0.2, "greater than or equal to 0"),
+    ("api", 5, "valid dictionary"),
+    ("versions", ["ensembl_release", 113], "valid dictionary"),
+]
+
+
+@pytest.mark.parametrize(("dotted", "value", "reason"), BAD_VALUES)
+def test_bad_value_is_rejected_naming_its_dotted_path(dotted, value, reason):
+    message = error_of(with_value(dotted, value))
+    assert message.startswith("config/x.yaml is invalid: ")
+    assert f"{dotted}: " in message
+    assert reason in message
+
+
+GOOD_BOUNDS = [
+    ("versions.ensembl_release", 100),
+    ("api.rate_limit_per_second", 1),
+    ("api.max_retries", 1),
+    ("api.max_retries", 20),
+    ("api.cache_ttl_seconds", 0),
+    ("api.timeout_seconds", 1),
+    ("store.lock_timeout_seconds", 0.001),
+    ("store.database_mode", "head"),
+    ("demo.gene_limit", 1),
+    ("demo.min_valid_id_fraction", 0.0),
+    ("demo.min_valid_id_fraction", 1.0),
+    ("demo.fetch.batch_size", 1),
+    ("demo.fetch.batch_latency_seconds", 0),
+    ("demo.hpo_data_dir", "/data/hpo/2025-01-16"),
+    ("demo.tiers.high", 1.0),
+    ("demo.tiers.medium", 0.0),
+]
+
+
+@pytest.mark.parametrize(("dotted", "value"), GOOD_BOUNDS)
+def test_values_on_the_bounds_are_accepted(dotted, value):
+    cfg = validate_config_dict(with_value(dotted, value), "config/x.yaml")
+    section: Any = cfg
+    for part in dotted.split("."):
+        section = getattr(section, part)
+    assert section == (Path(value) if dotted == "demo.hpo_data_dir" else value)
+
+
+def test_scoring_weights_must_sum_to_one_and_the_message_names_the_sum():
+    message = error_of(with_value("scoring.gnomad", 0.15))
+    assert "scoring: weights sum to 0.95, they must sum to 1" in message
+    with pytest.raises(ValueError, match="weights sum to 1.05, they must sum to 1"):
+        ScoringWeights(literature=0.2)
+
+
+def test_scoring_weights_within_tolerance_are_accepted():
+    ScoringWeights(gnomad=0.2 + 5e-7)
+    with pytest.raises(ValueError, match="weights sum to"):
+        ScoringWeights(gnomad=0.2 + 5e-6)
+    weights = ScoringWeights(
+        gnomad=1.0, expression=0, annotation=0, localization=0, animal_model=0, literature=0
+    )
+    assert weights.gnomad == 1.0
+
+
+def test_layer_weights_must_sum_to_one_and_the_message_names_the_sum():
+    message = error_of(with_value("demo.layers.vestibular.weight", 0.05))
+    assert "demo.layers: layer weights sum to 0.8, they must sum to 1" in message
+
+
+def test_at_least_one_layer_is_required():
+    message = error_of(with_value("demo.layers", {}))
+    assert "demo.layers: " in message
+    assert "at least 1 item" in message
+
+
+@pytest.mark.parametrize("name", ["Hearing", "1hearing", "hear-ing", "_hearing", "a" * 42, ""])
+def test_bad_layer_name_is_rejected(name):
+    layers = {name: {"terms": ["HP:0000365"], "weight": 1.0}}
+    message = error_of(with_value("demo.layers", layers))
+    assert f"demo.layers.{name}: layer name {name!r} is not valid" in message
+    assert "evidence_<layer>" in message
+
+
+@pytest.mark.parametrize("name", ["a", "hearing_2", "a" * 41])
+def test_good_layer_names_are_accepted(name):
+    layers = {name: {"terms": ["HP:0000365"], "weight": 1.0}}
+    cfg = validate_config_dict(with_value("demo.layers", layers), "x")
+    assert list(cfg.demo.layers) == [name]
+
+
+@pytest.mark.parametrize("term", ["HP:000365", "HP:00003650", "hp:0000365", "HP0000365", "0000365"])
+def test_bad_hpo_term_is_rejected_naming_its_position(term):
+    data = with_value("demo.layers.retina.terms", ["HP:0000479", term])
+    message = error_of(data)
+    assert "demo.layers.retina.terms[1]: String should match pattern" in message
+    assert repr(term) in message
+
+
+@pytest.mark.parametrize(("high", "medium"), [(0.5, 0.5), (0.3, 0.6), (0.0, 0.0)])
+def test_medium_tier_must_be_below_high(high, medium):
+    data = with_value("demo.tiers", {"high": high, "medium": medium})
+    message = error_of(data)
+    assert f"demo.tiers: medium ({medium:g}) must be below high ({high:g})" in message
+    with pytest.raises(ValueError, match="must be below high"):
+        TierThresholds(high=high, medium=medium)
+
+
+@pytest.mark.parametrize(
+    ("dotted", "shown"),
+    [
+        ("foo", "foo"),
+        ("api.foo", "api.foo"),
+        ("demo.fetch.batchsize", "demo.fetch.batchsize"),
+        ("demo.layers.hearing.weights", "demo.layers.hearing.weights"),
+        ("demo.tiers.low", "demo.tiers.low"),
+    ],
+)
+def test_unknown_key_is_an_error_at_every_level(dotted, shown):
+    message = error_of(with_value(dotted, 1))
+    assert f"extra key {shown!r} is not allowed (check spelling)" in message
+
+
+@pytest.mark.parametrize(
+    "model",
+    [
+        DataSourceVersions,
+        APIConfig,
+        ScoringWeights,
+        StoreConfig,
+        FetchConfig,
+        LayerConfig,
+        TierThresholds,
+        DemoConfig,
+        PipelineConfig,
+    ],
+)
+def test_every_model_forbids_extra_keys(model):
+    assert model.model_config.get("extra") == "forbid"
+
+
+def test_message_names_every_bad_field_in_one_paragraph():
+    data = embedded_dict()
+    data["api"]["max_retries"] = 21
+    data["scoring"]["gnomad"] = 0.15
+    data["foo"] = 1
+    data["versions"]["ensembl_release"] = 99
+    data["demo"]["layers"]["hearing"]["terms"] = ["HP:1"]
+    data["demo"]["tiers"] = {"high": 0.2, "medium": 0.4}
+    data["store"]["database_mode"] = "shared"
+    message = error_of(data)
+    expected = [
+        "config/x.yaml is invalid: ",
+        "api.max_retries: Input should be less than or equal to 20",
+        "scoring: weights sum to 0.95, they must sum to 1",
+        "extra key 'foo' is not allowed (check spelling)",
+        "versions.ensembl_release: Input should be greater than or equal to 100",
+        "demo.layers.hearing.terms[0]: String should match pattern",
+        "demo.tiers: medium (0.4) must be below high (0.2)",
+        "store.database_mode: Input should be 'job' or 'head'",
+    ]
+    for fragment in expected:
+        assert fragment in message
+    assert message.count("; ") == len(expected) - 2
+    assert "\n" not in message
+    assert "errors.pydantic.dev" not in message
+    assert "Traceback" not in message
+    assert "Value error," not in message
+
+
+def test_validate_config_dict_names_its_source_and_rejects_non_mappings():
+    assert error_of({"versions": {"ensembl_release": 1}}, "snakemake config").startswith(
+        "snakemake config is invalid: versions.ensembl_release"
+    )
+    with pytest.raises(ConfigError, match="must be a mapping .* not a list"):
+        validate_config_dict([1, 2], "config/x.yaml")  # type: ignore[arg-type]
+
+
+def test_validate_config_dict_does_not_change_its_input():
+    data = embedded_dict()
+    before = copy.deepcopy(data)
+    validate_config_dict(data, "x")
+    assert data == before
+
+
+def test_config_error_is_a_value_error():
+    assert issubclass(ConfigError, ValueError)
+
+
+# --- loading files --------------------------------------------------------------------------
+
+
+def test_missing_file_message_says_what_to_do(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigError) as info:
+        load_config("config/x.yaml")
+    assert str(info.value) == (
+        "config file config/x.yaml does not exist: pass an existing file or copy config/config.yaml"
+    )
+
+
+def test_directory_instead_of_file_is_a_clear_error(tmp_path):
+    with pytest.raises(ConfigError, match="is a directory, not a file"):
+        load_config(tmp_path)
+
+
+def test_yaml_syntax_error_names_file_line_and_column(tmp_path):
+    path = write(tmp_path, "versions:\n  ensembl_release: 113\napi: [1, 2\nstore: {}\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    message = str(info.value)
+    assert message.startswith(f"config file {path} is not valid YAML: line 4, column ")
+    assert re.search(r"line \d+, column \d+: .*expected ',' or ']'", message)
+    assert "\n" not in message
+
+
+def test_yaml_indentation_error_names_the_line(tmp_path):
+    path = write(tmp_path, "versions:\n  ensembl_release: 113\n gtex_version: v8\n")
+    with pytest.raises(ConfigError, match=r"is not valid YAML: line 3, column 2: "):
+        load_config(path)
+
+
+@pytest.mark.parametrize(
+    ("text", "kind"), [("- a\n- b\n", "a list"), ("just text\n", "a string"), ("42\n", "a number")]
+)
+def test_non_mapping_yaml_is_a_clear_error(tmp_path, text, kind):
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert str(info.value) == (
+        f"config file {path} must hold a mapping of keys to values at the top level, not {kind}"
+    )
+
+
+def test_empty_yaml_is_a_clear_error(tmp_path):
+    path = write(tmp_path, "# nothing here\n")
+    with pytest.raises(ConfigError, match="is empty"):
+        load_config(path)
+
+
+def test_invalid_file_message_names_the_file(tmp_path):
+    path = write(tmp_path, "versions:\n  ensembl_release: 113\napi:\n  max_retries: 50\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert str(info.value).startswith(f"{path} is invalid: api.max_retries: ")
+
+
+def test_minimal_file_gets_defaults(tmp_path):
+    path = write(tmp_path, "versions:\n  ensembl_release: 113\n")
+    assert load_config(path) == minimal()
+    assert load_config(str(path)) == minimal()
+
+
+def test_loading_creates_no_directories(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    text = (
+        "data_dir: d/data\ncache_dir: d/cache\nduckdb_path: out/db/p.duckdb\n"
+        "results_dir: out/results\nversions:\n  ensembl_release: 113\n"
+        "demo:\n  hpo_data_dir: hpo/files\n"
+    )
+    path = write(tmp_path, text)
+    cfg = load_config(path)
+    load_config_with_overrides(path, {"results_dir": "elsewhere", "cache_dir": "c/c"})
+    cfg.config_hash()
+    cfg.slice("data_dir", "demo")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["config.yaml"]
+    assert cfg.duckdb_path == Path("out/db/p.duckdb")
+
+
+# --- overrides ------------------------------------------------------------------------------
+
+
+def test_overrides_set_values_at_dotted_paths():
+    cfg = load_config_with_overrides(
+        EMBEDDED,
+        {
+            "api.max_retries": 3,
+            "demo.gene_limit": 200,
+            "store.database_mode": "head",
+            "duckdb_path": "/scratch/p.duckdb",
+            "demo.layers": {"hearing": {"terms": ["HP:0000365"], "weight": 1.0}},
+        },
+    )
+    assert cfg.api.max_retries == 3
+    assert cfg.demo.gene_limit == 200
+    assert cfg.store.database_mode == "head"
+    assert cfg.duckdb_path == Path("/scratch/p.duckdb")
+    assert list(cfg.demo.layers) == ["hearing"]
+    assert cfg.scoring == ScoringWeights()
+
+
+def test_no_overrides_equals_load_config():
+    assert load_config_with_overrides(EMBEDDED, {}) == load_config(EMBEDDED)
+
+
+def test_override_creates_a_missing_section(tmp_path):
+    path = write(tmp_path, "versions:\n  ensembl_release: 113\n")
+    cfg = load_config_with_overrides(path, {"demo.fetch.batch_size": 10})
+    assert cfg.demo.fetch.batch_size == 10
+    assert cfg.demo.fetch.batch_latency_seconds == 0.05
+
+
+@pytest.mark.parametrize(
+    ("dotted", "shown"),
+    [
+        ("api.max_retrys", "api.max_retrys"),
+        ("foo.bar", "foo"),
+        ("demo.fetch.size", "demo.fetch.size"),
+    ],
+)
+def test_override_of_unknown_key_is_a_config_error_naming_it(dotted, shown):
+    with pytest.raises(ConfigError) as info:
+        load_config_with_overrides(EMBEDDED, {dotted: 3})
+    message = str(info.value)
+    assert dotted in message
+    assert f"extra key {shown!r} is not allowed" in message
+
+
+def test_override_below_a_value_is_a_config_error_naming_it():
+    with pytest.raises(ConfigError) as info:
+        load_config_with_overrides(EMBEDDED, {"versions.ensembl_release.minor": 1})
+    message = str(info.value)
+    assert "override 'versions.ensembl_release.minor'" in message
+    assert "'versions.ensembl_release' is a number, not a section" in message
+
+
+@pytest.mark.parametrize("dotted", ["", "api.", ".api", "api..max_retries"])
+def test_malformed_override_path_is_a_config_error(dotted):
+    with pytest.raises(ConfigError, match="is not a dotted path"):
+        load_config_with_overrides(EMBEDDED, {dotted: 1})
+
+
+def test_invalid_override_value_names_the_path_and_the_overrides():
+    with pytest.raises(ConfigError) as info:
+        load_config_with_overrides(EMBEDDED, {"api.max_retries": 99})
+    message = str(info.value)
+    assert "with overrides api.max_retries=99 is invalid" in message
+    assert "api.max_retries: Input should be less than or equal to 20" in message
+
+
+def test_override_values_are_copied():
+    layers = {"hearing": {"terms": ["HP:0000365"], "weight": 1.0}}
+    cfg = load_config_with_overrides(EMBEDDED, {"demo.layers": layers})
+    cfg.demo.layers["hearing"].terms.append("HP:0000479")
+    assert layers == {"hearing": {"terms": ["HP:0000365"], "weight": 1.0}}
+
+
+# --- config_hash ----------------------------------------------------------------------------
+
+
+def test_config_hash_is_a_stable_sha256_hex():
+    digest = minimal().config_hash()
+    assert re.fullmatch(r"[0-9a-f]{64}", digest)
+    assert load_config(EMBEDDED).config_hash() == digest
+
+
+UNHASHED = [
+    ("data_dir", "/elsewhere/data"),
+    ("cache_dir", "/elsewhere/cache"),
+    ("duckdb_path", "/scratch/run/pipeline.duckdb"),
+    ("results_dir", "/scratch/run/results"),
+    ("store.lock_timeout_seconds", 5.0),
+    ("store.database_mode", "head"),
+    ("api.rate_limit_per_second", 1),
+    ("api.max_retries", 20),
+    ("api.cache_ttl_seconds", 0),
+    ("api.timeout_seconds", 600),
+    ("demo.fetch.batch_size", 7),
+    ("demo.fetch.batch_latency_seconds", 0.0),
+    ("demo.hpo_data_dir", "/data/hpo"),
+]
+
+
+@pytest.mark.parametrize(("dotted", "value"), UNHASHED)
+def test_settings_that_do_not_change_results_keep_the_hash(dotted, value):
+    base = load_config(EMBEDDED)
+    changed = load_config_with_overrides(EMBEDDED, {dotted: value})
+    assert changed != base
+    assert changed.config_hash() == base.config_hash()
+
+
+HASHED = [
+    ("versions.ensembl_release", 112),
+    ("versions.gnomad_version", "v4.0"),
+    ("versions.gtex_version", "v10"),
+    ("versions.hpa_version", "24.0"),
+    ("scoring", {**ScoringWeights().model_dump(), "gnomad": 0.25, "literature": 0.10}),
+    ("demo.gene_limit", 100),
+    ("demo.min_valid_id_fraction", 0.9),
+    ("demo.usher_disease_pattern", "^Usher"),
+    ("demo.tiers.high", 0.6),
+    ("demo.tiers.medium", 0.1),
+    ("demo.layers.hearing.terms", ["HP:0000365", "HP:0000407"]),
+    (
+        "demo.layers",
+        {
+            "hearing": {"terms": ["HP:0000365"], "weight": 0.5},
+            "retina": {"terms": ["HP:0000479"], "weight": 0.5},
+        },
+    ),
+]
+
+
+@pytest.mark.parametrize(("dotted", "value"), HASHED)
+def test_settings_that_change_results_change_the_hash(dotted, value):
+    base = load_config(EMBEDDED)
+    changed = load_config_with_overrides(EMBEDDED, {dotted: value})
+    assert changed.config_hash() != base.config_hash()
+
+
+def test_swapping_two_layer_weights_changes_the_hash():
+    base = load_config(EMBEDDED)
+    changed = load_config_with_overrides(
+        EMBEDDED, {"demo.layers.retina.weight": 0.25, "demo.layers.vestibular.weight": 0.35}
+    )
+    assert changed.config_hash() != base.config_hash()
+
+
+def test_config_hash_does_not_depend_on_key_order_in_the_file(tmp_path):
+    data = embedded_dict()
+    reordered = {key: data[key] for key in reversed(list(data))}
+    reordered["scoring"] = dict(reversed(list(data["scoring"].items())))
+    path = write(tmp_path, yaml.safe_dump(reordered, sort_keys=False))
+    assert load_config(path).config_hash() == load_config(EMBEDDED).config_hash()
+
+
+def test_config_hash_docstring_says_what_is_in_and_out():
+    doc = PipelineConfig.config_hash.__doc__ or ""
+    assert "In:" in doc and "Out:" in doc
+    for name in ("versions", "scoring", "demo.fetch", "demo.hpo_data_dir", "store", "api"):
+        assert name in doc
+
+
+# --- slice and data_source_versions ---------------------------------------------------------
+
+
+def test_slice_returns_json_values_keyed_by_dotted_path():
+    cfg = load_config(EMBEDDED)
+    assert cfg.slice("demo.tiers", "versions.ensembl_release") == {
+        "demo.tiers": {"high": 0.5, "medium": 0.3},
+        "versions.ensembl_release": 113,
+    }
+    assert cfg.slice("demo.layers.hearing") == {
+        "demo.layers.hearing": {"terms": ["HP:0000365"], "weight": 0.4}
+    }
+    assert cfg.slice("duckdb_path", "demo.hpo_data_dir") == {
+        "duckdb_path": "results/pipeline.duckdb",
+        "demo.hpo_data_dir": None,
+    }
+    assert cfg.slice() == {}
+    json.dumps(cfg.slice("versions", "api", "scoring", "store", "demo", "results_dir"))
+
+
+def test_slice_is_a_copy():
+    cfg = load_config(EMBEDDED)
+    part = cfg.slice("demo.tiers")
+    part["demo.tiers"]["high"] = 0.9
+    assert cfg.demo.tiers.high == 0.5
+
+
+@pytest.mark.parametrize(
+    ("dotted", "fragment"),
+    [
+        ("demo.tier", "demo has no key 'tier'"),
+        ("nope", "the top level has no key 'nope'"),
+        ("", "the top level has no key ''"),
+        ("demo.layers.cochlea", "demo.layers has no key 'cochlea'"),
+        ("versions.ensembl_release.minor", "which is a value, not a section"),
+    ],
+)
+def test_slice_of_unknown_path_is_a_key_error_naming_it(dotted, fragment):
+    with pytest.raises(KeyError) as info:
+        load_config(EMBEDDED).slice("versions", dotted)
+    message = info.value.args[0]
+    assert f"config path {dotted!r}" in message
+    assert fragment in message
+
+
+def test_slice_changes_only_when_its_settings_change():
+    base = load_config(EMBEDDED)
+    changed = load_config_with_overrides(EMBEDDED, {"demo.tiers.high": 0.7})
+    assert base.slice("demo.layers") == changed.slice("demo.layers")
+    assert base.slice("demo.tiers") != changed.slice("demo.tiers")
+
+
+def test_data_source_versions_is_the_versions_section():
+    cfg = load_config(EMBEDDED)
+    assert cfg.data_source_versions() == {
+        "ensembl_release": 113,
+        "gnomad_version": "v4.1",
+        "gtex_version": "v8",
+        "hpa_version": "23.0",
+    }
+
+
+# --- schema and package surface -------------------------------------------------------------
+
+
+def test_committed_schema_file_equals_the_model_output():
+    expected = json.dumps(json_schema(), indent=2, sort_keys=True) + "\n"
+    assert SCHEMA_FILE.read_text(encoding="utf-8") == expected, (
+        "config/config.schema.json is stale: run "
+        "python -m usher_pipeline.config.schema > config/config.schema.json"
+    )
+
+
+def test_schema_module_prints_the_schema_cleanly():
+    result = subprocess.run(
+        [sys.executable, "-m", "usher_pipeline.config.schema"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert result.stdout == SCHEMA_FILE.read_text(encoding="utf-8")
+    assert result.stderr == ""
+
+
+def test_json_schema_is_the_model_schema_and_forbids_unknown_keys():
+    schema = json_schema()
+    assert schema == PipelineConfig.model_json_schema()
+    assert schema["additionalProperties"] is False
+    assert schema["required"] == ["versions"]
+    for name in ("APIConfig", "DemoConfig", "LayerConfig", "TierThresholds", "StoreConfig"):
+        assert schema["$defs"][name]["additionalProperties"] is False
+    validator = jsonschema.Draft202012Validator(schema)
+    assert not validator.is_valid({"versions": {"ensembl_release": 113}, "foo": 1})
+    bad_layer = {"versions": {"ensembl_release": 113}, "demo": {"layers": {"Bad": {}}}}
+    assert not validator.is_valid(bad_layer)
+    assert validator.is_valid({"versions": {"ensembl_release": 113}})
+
+
+def test_package_exports_the_public_api():
+    assert set(config_pkg.__all__) == {
+        "PipelineConfig",
+        "DataSourceVersions",
+        "APIConfig",
+        "ScoringWeights",
+        "StoreConfig",
+        "DemoConfig",
+        "LayerConfig",
+        "FetchConfig",
+        "TierThresholds",
+        "ConfigError",
+        "load_config",
+        "load_config_with_overrides",
+        "validate_config_dict",
+        "json_schema",
+    }
+    for name in config_pkg.__all__:
+        assert getattr(config_pkg, name) is not None
+    with pytest.raises(AttributeError):
+        config_pkg.NotAThing  # noqa: B018
