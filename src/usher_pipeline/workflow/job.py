@@ -17,7 +17,8 @@ import logging
 import os
 import sys
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -140,30 +141,12 @@ class Job:
         if isinstance(exc, UsherError):
             self.log.error("%s", exc)
             raise SystemExit(f"rule {self.rule}: {exc}") from None
-        self.log.exception("rule %s failed", self.rule)
+        if not isinstance(exc, KeyboardInterrupt | SystemExit):
+            self.log.exception("rule %s failed", self.rule)
 
     def _open_log(self) -> logging.Logger:
-        logger = logging.getLogger(f"usher_pipeline.job.{self.rule}")
-        logger.setLevel(logging.INFO)
-        logger.propagate = False
-        for handler in list(logger.handlers):
-            logger.removeHandler(handler)
-        formatter = logging.Formatter("%(asctime)s %(levelname)s %(message)s")
         logs = list(self.smk.log) if self.smk.log else []
-        if logs:
-            Path(logs[0]).parent.mkdir(parents=True, exist_ok=True)
-            file_handler = logging.FileHandler(logs[0], mode="w", encoding="utf-8")
-            file_handler.setFormatter(formatter)
-            logger.addHandler(file_handler)
-        stream = logging.StreamHandler(sys.stderr)
-        stream.setFormatter(formatter)
-        logger.addHandler(stream)
-        for name in ("usher_pipeline.fetch",):
-            sub = logging.getLogger(name)
-            sub.handlers = list(logger.handlers)
-            sub.setLevel(logging.INFO)
-            sub.propagate = False
-        return logger
+        return job_logger(self.rule, logs[0] if logs else None)
 
     # -- inputs ----------------------------------------------------------------------------
 
@@ -390,6 +373,41 @@ class Job:
             target,
         )
         return target
+
+
+def job_logger(name: str, log_path: str | Path | None) -> logging.Logger:
+    """A logger writing to the job's log file (if any) and to stderr; library loggers join it."""
+    logger = logging.getLogger(f"usher_pipeline.job.{name}")
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+    for handler in list(logger.handlers):
+        logger.removeHandler(handler)
+        handler.close()
+    formatter = logging.Formatter("%(asctime)s %(levelname)s %(message)s")
+    if log_path:
+        Path(log_path).parent.mkdir(parents=True, exist_ok=True)
+        file_handler = logging.FileHandler(log_path, mode="w", encoding="utf-8")
+        file_handler.setFormatter(formatter)
+        logger.addHandler(file_handler)
+    stream = logging.StreamHandler(sys.stderr)
+    stream.setFormatter(formatter)
+    logger.addHandler(stream)
+    for library in ("usher_pipeline.fetch", "usher_pipeline.merge", "usher_pipeline.ingest"):
+        sub = logging.getLogger(library)
+        sub.handlers = list(logger.handlers)
+        sub.setLevel(logging.INFO)
+        sub.propagate = False
+    return logger
+
+
+@contextmanager
+def user_errors(logger: logging.Logger, label: str) -> Iterator[None]:
+    """Turn an expected failure (UsherError) into a one-line exit message, no traceback."""
+    try:
+        yield
+    except UsherError as exc:
+        logger.error("%s", exc)
+        raise SystemExit(f"{label}: {exc}") from None
 
 
 def _named_items(container: Any) -> list[tuple[str, Any]]:

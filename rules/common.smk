@@ -1,0 +1,97 @@
+# Config validation, path conventions and input functions of the demo workflow.
+
+
+import sys
+from pathlib import Path
+
+from usher_pipeline import __version__
+from usher_pipeline.config import validate_config_dict
+from usher_pipeline.errors import UsherError
+
+
+def _config_source():
+    files = [str(f) for f in getattr(workflow, "configfiles", [])]
+    return ", ".join(files) if files else "the workflow config"
+
+
+try:
+    CFG = validate_config_dict(
+        {k: v for k, v in config.items() if not str(k).startswith("_")},
+        source=_config_source(),
+    )
+    from usher_pipeline.demo import hpo_data_dir
+
+    HPO_DIR = hpo_data_dir(CFG.demo.hpo_data_dir)
+except UsherError as error:
+    sys.exit(f"usher_pipeline: {error}")
+
+config["_usher"] = {
+    "config_hash": CFG.config_hash(),
+    "pipeline_version": __version__,
+}
+
+
+include: "library.smk"
+
+
+LAYERS = list(CFG.demo.layers)
+HPO = {
+    "ontology": str(HPO_DIR / "hp.obo"),
+    "annotations": str(HPO_DIR / "genes_to_phenotype.txt"),
+    "diseases": str(HPO_DIR / "phenotype.hpoa"),
+}
+
+# The tables of the demo, each with the step log of the job that writes it.
+USHER.register("hpo_terms")
+USHER.register("known_usher_genes")
+USHER.register("gene_universe")
+for _layer in LAYERS:
+    USHER.register(f"evidence_{_layer}")
+USHER.register("gene_evidence")
+USHER.register("gene_scores")
+USHER.register(
+    "candidate_tiers",
+    "positive_controls",
+    files=(
+        USHER.final("candidate_tiers.tsv"),
+        USHER.final("positive_controls.tsv"),
+    ),
+)
+
+
+wildcard_constraints:
+    layer="|".join(LAYERS),
+
+
+def get_layer_params(wildcards):
+    """The HPO terms of one evidence layer (the only setting its result depends on)."""
+    return {"terms": list(CFG.demo.layers[wildcards.layer].terms)}
+
+
+def get_evidence_tables(wildcards):
+    """The sentinels of every evidence layer."""
+    return [USHER.sentinel(f"evidence_{layer}") for layer in LAYERS]
+
+
+def get_final_outputs():
+    """What `rule all` asks for: reports, the run record and every sidecar."""
+    return [
+        USHER.final("candidate_tiers.tsv"),
+        USHER.final("positive_controls.tsv"),
+        USHER.run_record,
+        *USHER.sidecars(),
+    ]
+
+
+def print_run_summary():
+    """Tell the user where the results are."""
+    print(
+        "\nusher_pipeline: run complete\n"
+        f"  candidate tiers   {USHER.final('candidate_tiers.tsv')}"
+        f" (table candidate_tiers, {USHER.sentinel('candidate_tiers')})\n"
+        f"  positive controls {USHER.final('positive_controls.tsv')}\n"
+        f"  database          {CFG.duckdb_path}\n"
+        f"  provenance        {USHER.run_record} and a .provenance.json sidecar beside"
+        " every table and report",
+        file=sys.stderr,
+    )

@@ -1,0 +1,23 @@
+# Provenance: merge every step log into a sidecar beside each product, a run-level record
+# and rows of the store's _provenance table. Include after every USHER.register(...).
+
+
+include: "ingest.smk"
+
+
+rule provenance:
+    input:
+        steplogs=usher_steplogs,
+        ingested=usher_ingest_markers,
+    output:
+        sidecars=USHER.sidecars(),
+        run=USHER.run_record,
+    log:
+        USHER.log("provenance", "provenance"),
+    localrule: True
+    params:
+        pipeline_version=USHER_VERSION,
+        config_hash=config["_usher"]["config_hash"],
+        data_source_versions=config.get("versions", {}),
+    script:
+        "../scripts/provenance.py"

@@ -1,0 +1,16 @@
+"""Merge every step log into sidecars, the run-level record and the _provenance table."""
+
+from usher_pipeline.workflow.job import StoreSettings, job_logger, user_errors
+from usher_pipeline.workflow.merge import merge_provenance
+
+log = job_logger("provenance", snakemake.log[0] if snakemake.log else None)
+with user_errors(log, "rule provenance"):
+    merge_provenance(
+        list(snakemake.input.steplogs),
+        pipeline_version=snakemake.params.pipeline_version,
+        config_hash=snakemake.params.config_hash,
+        data_source_versions=dict(snakemake.params.data_source_versions),
+        run_record=snakemake.output.run,
+        store=StoreSettings.from_config(snakemake.config).store(),
+        progress=log.info,
+    )
