@@ -1,0 +1,7 @@
+"""`python -m usher_pipeline`: the `usher-pipeline` command."""
+
+import sys
+
+from usher_pipeline.cli import main
+
+sys.exit(main())

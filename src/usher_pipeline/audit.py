@@ -1,0 +1,338 @@
+"""Check that the database, the sentinels and the step logs of a run agree, and repair the
+database from the sentinels when they do not.
+
+The sentinel Parquet files and the step logs are Snakemake's outputs; the database is not.
+So the sentinels are the reference: a table missing from the database (or whose content
+differs) is restored from its sentinel, with the checkpoint row its step log describes. A
+sentinel that no longer matches its step log cannot be trusted and must be recomputed.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from usher_pipeline._io import read_json
+from usher_pipeline.export.run import RunRecords, TableOutput, parse_time
+from usher_pipeline.hashing import sha256_file
+from usher_pipeline.persistence.duckdb_store import PROVENANCE, PipelineStore
+from usher_pipeline.persistence.errors import StoreFileError
+from usher_pipeline.persistence.fingerprint import fingerprint_parquet
+from usher_pipeline.persistence.provenance import sidecar_path
+
+Progress = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One disagreement, with what fixes it."""
+
+    kind: str  # short tag shown first: MISSING, DIFFERS, CHANGED, GONE, DATABASE
+    message: str
+    table: str | None = None
+    repairable: bool = False
+
+
+@dataclass
+class Report:
+    """What `verify` found: the problems and what was checked."""
+
+    problems: list[Problem] = field(default_factory=list)
+    tables: int = 0
+    sentinels: int = 0
+    steplogs: int = 0
+    outputs: int = 0
+    database_readable: bool = True
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+def _short(fingerprint: str | None) -> str:
+    return (fingerprint or "none").removeprefix("fp1:")[:8]
+
+
+def _recompute_hint(table: TableOutput) -> str:
+    return f"snakemake --cores 2 --forcerun {table.record['rule']}"
+
+
+def _sentinel_state(table: TableOutput) -> tuple[str | None, str | None]:
+    """(fingerprint of the sentinel or None when missing, why it cannot be trusted or None)."""
+    if not table.sentinel.is_file():
+        return None, f"sentinel {table.sentinel} is missing"
+    fingerprint, _ = fingerprint_parquet(table.sentinel)
+    recorded = table.entry.get("fingerprint")
+    if recorded and fingerprint != recorded:
+        return fingerprint, (
+            f"sentinel {table.sentinel} differs from its step log "
+            f"({_short(fingerprint)} vs {_short(recorded)})"
+        )
+    return fingerprint, None
+
+
+def _open_state(
+    db_path: Path, lock_timeout: float
+) -> tuple[PipelineStore | None, list[dict[str, Any]], list[str], str | None]:
+    """(store, checkpoints, tables, error) of a database, without creating it; error (and no
+    store) when it is missing or cannot be read."""
+    if not db_path.exists():
+        return None, [], [], f"database {db_path} does not exist"
+    try:
+        store = PipelineStore(db_path, lock_timeout)
+        return store, store.list_checkpoints(), store.list_tables(), None
+    except StoreFileError as exc:
+        return None, [], [], str(exc).split(" (", 1)[0] + " (unreadable)"
+
+
+def verify(
+    run: RunRecords,
+    db_path: str | Path,
+    lock_timeout: float = 120.0,
+    progress: Progress | None = None,
+) -> Report:
+    """Compare database, sentinels and step logs; one Problem per disagreement.
+
+    Read-only: a missing database is reported, never created.
+    """
+    say = progress or (lambda _message: None)
+    report = Report(steplogs=len(run.records))
+    store, checkpoints, tables, error = _open_state(Path(db_path), lock_timeout)
+    if error:
+        report.database_readable = False
+        report.problems.append(
+            Problem("DATABASE", f"{error}: `usher-pipeline repair` rebuilds it", None, True)
+        )
+    by_name = {c["table_name"]: c for c in checkpoints}
+    present = set(tables)
+    produced = run.tables()
+    report.tables = len(produced)
+    distrusted: set[str] = set()
+    table_fps: dict[str, str | None] = {}
+    if store is not None:
+        with store.transaction(read_only=True):  # one lock and connection for every table
+            table_fps = {name: store.fingerprint(name) for name in present if name in produced}
+    for n, (name, table) in enumerate(sorted(produced.items()), 1):
+        say(f"verify: table {n}/{len(produced)} {name}")
+        sentinel_fp, distrust = _sentinel_state(table)
+        if sentinel_fp is not None:
+            report.sentinels += 1
+        if distrust:
+            distrusted.add(os.path.normpath(str(table.sentinel)))
+            also = ""
+            if name in table_fps and table_fps[name] != sentinel_fp:
+                also = " and from the table"
+            report.problems.append(
+                Problem("CHANGED", f"{distrust}{also}: `{_recompute_hint(table)}`", name)
+            )
+        repairable = distrust is None and sentinel_fp is not None
+        fix = "usher-pipeline repair" if repairable else _recompute_hint(table)
+        if store is None:
+            continue
+        if name not in present:
+            report.problems.append(
+                Problem("MISSING", f"table {name} is not in the database: {fix}", name, repairable)
+            )
+            continue
+        if name not in by_name:
+            report.problems.append(
+                Problem("MISSING", f"table {name} has no checkpoint row: {fix}", name, repairable)
+            )
+        if sentinel_fp is None:
+            if name in by_name:
+                report.problems.append(
+                    Problem(
+                        "GONE",
+                        f"checkpoint {name}: its sentinel {table.sentinel} is gone: "
+                        f"`snakemake --cores 2 {table.sentinel}`",
+                        name,
+                    )
+                )
+            continue
+        if distrust:
+            continue
+        table_fp = table_fps.get(name)
+        if table_fp != sentinel_fp:
+            report.problems.append(
+                Problem(
+                    "DIFFERS",
+                    f"table {name} differs from its sentinel {table.sentinel} "
+                    f"({_short(table_fp)} vs {_short(sentinel_fp)}): {fix}",
+                    name,
+                    repairable,
+                )
+            )
+        elif name in by_name and by_name[name]["fingerprint"] != table_fp:
+            report.problems.append(
+                Problem(
+                    "DIFFERS",
+                    f"checkpoint {name} records {_short(by_name[name]['fingerprint'])} but the "
+                    f"table is {_short(table_fp)}: {fix}",
+                    name,
+                    repairable,
+                )
+            )
+    for name in sorted(set(by_name) - set(produced)):
+        sentinel = by_name[name].get("sentinel")
+        if sentinel and not Path(sentinel).is_file():
+            report.problems.append(
+                Problem("GONE", f"checkpoint {name}: its sentinel {sentinel} is gone", name)
+            )
+    for record, path in zip(run.records, run.steplogs, strict=True):
+        for entry in record["outputs"]:
+            report.outputs += 1
+            if os.path.normpath(str(entry["path"])) not in distrusted:
+                report.problems.extend(_check_output(record, path, entry))
+    return report
+
+
+def _check_output(record: dict[str, Any], steplog: Path, entry: dict[str, Any]) -> list[Problem]:
+    """A problem when the file a step log describes is gone or changed since the job."""
+    target = Path(entry["path"])
+    hint = f"snakemake --cores 2 --forcerun {record['rule']}"
+    if not target.exists():
+        return [Problem("GONE", f"step log {steplog}: output {target} is missing: `{hint}`")]
+    if entry.get("sha256") is None:
+        return []
+    size = target.stat().st_size
+    if entry.get("size") is not None and size != entry["size"]:
+        what = f"size {size} bytes, recorded {entry['size']}"
+    elif sha256_file(target) != entry["sha256"]:
+        what = f"sha256 differs from {entry['sha256'][:12]}"
+    else:
+        return []
+    return [Problem("CHANGED", f"step log {steplog}: output {target} changed ({what}): `{hint}`")]
+
+
+@dataclass
+class RepairResult:
+    """What `repair` did and what it left for Snakemake to recompute."""
+
+    restored: list[str] = field(default_factory=list)
+    moved_aside: Path | None = None
+    created: bool = False
+    unrepairable: list[str] = field(default_factory=list)
+    provenance_rows: int = 0
+
+
+def move_aside(db_path: Path) -> Path:
+    """Rename an unreadable database (and its WAL) to `<db>.corrupt-<UTC timestamp>`."""
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    target = db_path.with_name(f"{db_path.name}.corrupt-{stamp}")
+    os.replace(db_path, target)
+    wal = db_path.with_name(db_path.name + ".wal")
+    if wal.exists():
+        os.replace(wal, target.with_name(target.name + ".wal"))
+    return target
+
+
+def repair(
+    run: RunRecords,
+    db_path: str | Path,
+    lock_timeout: float = 120.0,
+    progress: Progress | None = None,
+) -> RepairResult:
+    """Restore from their sentinels the tables the database lacks or holds differently.
+
+    An unreadable database file is moved aside (never deleted) and a new one is built.
+    """
+    say = progress or (lambda _message: None)
+    result = RepairResult()
+    db_path = Path(db_path)
+    store, checkpoints, tables, error = _open_state(db_path, lock_timeout)
+    if error and db_path.exists():
+        result.moved_aside = move_aside(db_path)
+        say(f"moved unreadable database {db_path} to {result.moved_aside}")
+    if store is None:
+        result.created = True
+        store = PipelineStore(db_path, lock_timeout)
+    by_name = {c["table_name"]: c for c in checkpoints}
+    present = set(tables)
+    produced = run.tables()
+    for n, (name, table) in enumerate(sorted(produced.items()), 1):
+        say(f"repair: checking table {n}/{len(produced)} {name}")
+        sentinel_fp, distrust = _sentinel_state(table)
+        if name in present and sentinel_fp is not None:
+            table_fp = store.fingerprint(name)
+            checkpoint = by_name.get(name)
+            if (
+                table_fp == sentinel_fp
+                and checkpoint is not None
+                and checkpoint["fingerprint"] == table_fp
+            ):
+                continue
+        if sentinel_fp is None:
+            result.unrepairable.append(
+                f"table {name}: sentinel {table.sentinel} is missing; recompute it with "
+                f"`snakemake --cores 2 {table.sentinel}`"
+            )
+            continue
+        if distrust:
+            result.unrepairable.append(
+                f"table {name}: {distrust}; recompute it with `{_recompute_hint(table)}`"
+            )
+            continue
+        restored = PipelineStore(
+            db_path, lock_timeout, config_hash=table.record.get("config_hash")
+        ).ingest_parquet(
+            table.sentinel,
+            name,
+            description=table.entry.get("description", ""),
+            rule=table.record["rule"],
+            sentinel=table.sentinel,
+            fingerprint=table.entry.get("fingerprint") or sentinel_fp,
+            row_count=table.entry.get("rows"),
+            created_at=_naive(
+                parse_time(table.entry.get("committed_at") or table.record["ended_at"])
+            ),
+        )
+        result.restored.append(
+            f"restored table {name} from its sentinel ({restored['row_count']} rows, "
+            f"{_short(restored['fingerprint'])})"
+        )
+        say(result.restored[-1])
+    if result.created or not _has_provenance(store):
+        result.provenance_rows = restore_provenance(run, store)
+    return result
+
+
+def _has_provenance(store: PipelineStore) -> bool:
+    """True when the store's `_provenance` table exists and holds rows."""
+    with store.connect(write=False) as conn:
+        exists = conn.sql(
+            "SELECT count(*) FROM duckdb_tables() WHERE table_name = ?", params=[PROVENANCE]
+        ).fetchall()[0][0]
+        return bool(exists) and bool(
+            conn.sql(f"SELECT count(*) FROM {PROVENANCE}").fetchall()[0][0]
+        )
+
+
+def restore_provenance(run: RunRecords, store: PipelineStore) -> int:
+    """Re-record the `_provenance` rows from the run record and the sidecars on disk."""
+    rows: list[tuple[str, str, dict[str, Any]]] = []
+    record = run.results_dir / "provenance.json"
+    paths = [(str(record), record)] if record.is_file() else []
+    for step in run.records:
+        for entry in step["outputs"]:
+            paths.append((str(entry["path"]), sidecar_path(entry["path"])))
+    for output_path, sidecar in paths:
+        if sidecar.is_file():
+            try:
+                metadata = read_json(sidecar)
+            except ValueError:
+                continue
+            if isinstance(metadata, dict) and metadata.get("run_id"):
+                rows.append((str(metadata["run_id"]), output_path, metadata))
+    with store.transaction():
+        for run_id, output_path, metadata in rows:
+            store.record_provenance(run_id, output_path, metadata)
+    return len(rows)
+
+
+def _naive(stamp: datetime | None) -> datetime | None:
+    """UTC without tzinfo, as `_checkpoints.created_at` stores it."""
+    return stamp.astimezone(UTC).replace(tzinfo=None) if stamp else None

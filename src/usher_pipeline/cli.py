@@ -1,0 +1,538 @@
+"""The `usher-pipeline` command: inspect, verify, repair and publish a run's results.
+
+    usher-pipeline checkpoints                 the stored tables and their checkpoints
+    usher-pipeline verify                      do database, sentinels and step logs agree?
+    usher-pipeline repair                      restore the database from the sentinels
+    usher-pipeline lineage OUTPUT              the steps that produced an output
+    usher-pipeline query "SELECT ..."          read-only SQL against the store
+    usher-pipeline export-prov FILE            W3C PROV-JSON of the run
+    usher-pipeline export-rocrate DIR          Workflow Run RO-Crate (Provenance Run Crate)
+
+Expected failures print one sentence and exit 1; usage errors exit 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import os
+import shutil
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from usher_pipeline import __version__
+from usher_pipeline.errors import UsherError
+
+if TYPE_CHECKING:
+    import polars as pl
+
+    from usher_pipeline.export.run import RunRecords
+    from usher_pipeline.persistence import PipelineStore
+
+DEFAULT_CONFIG = "config/config.yaml"
+QUERY_ROWS = 50
+
+
+class CommandError(UsherError):
+    """A command that cannot do what was asked; the message says why and what to do."""
+
+
+# -- output helpers ------------------------------------------------------------------------
+
+
+def terminal_width() -> int:
+    """Columns of the terminal, 80 when there is none."""
+    return max(40, shutil.get_terminal_size((80, 24)).columns)
+
+
+def _cell(value: object) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, datetime):
+        return value.strftime("%Y-%m-%d %H:%M:%S")
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    return " ".join(str(value).split())
+
+
+def _clip(text: str, width: int) -> str:
+    return text if len(text) <= width else text[: max(0, width - 1)] + "…"
+
+
+def format_table(
+    headers: Sequence[str],
+    rows: Sequence[Sequence[object]],
+    width: int | None = None,
+    right: Sequence[int] = (),
+) -> str:
+    """Rows as aligned columns that fit `width`; the widest columns are clipped first."""
+    limit = width or terminal_width()
+    cells = [[_cell(v) for v in row] for row in rows]
+    widths = [max([len(h), *(len(r[i]) for r in cells)]) for i, h in enumerate(headers)]
+    gap = 2
+    while sum(widths) + gap * (len(widths) - 1) > limit:
+        widest = max(range(len(widths)), key=widths.__getitem__)
+        if widths[widest] <= 6:
+            break
+        widths[widest] -= 1
+
+    def line(values: Sequence[str]) -> str:
+        parts = []
+        for i, value in enumerate(values):
+            text = _clip(value, widths[i])
+            parts.append(text.rjust(widths[i]) if i in right else text.ljust(widths[i]))
+        return (" " * gap).join(parts).rstrip()
+
+    return "\n".join([line(list(headers)), *(line(r) for r in cells)])
+
+
+class Progress:
+    """Progress on stderr: one self-overwriting line on a terminal, nothing otherwise."""
+
+    def __init__(self, stream: Any = None) -> None:
+        self.stream = stream or sys.stderr
+        self.live = bool(getattr(self.stream, "isatty", lambda: False)())
+        self.shown = False
+
+    def __call__(self, message: str) -> None:
+        if self.live:
+            self.stream.write("\r" + _clip(message, terminal_width() - 1) + "\033[K")
+            self.stream.flush()
+            self.shown = True
+
+    def done(self) -> None:
+        if self.shown:
+            self.stream.write("\r\033[K")
+            self.stream.flush()
+            self.shown = False
+
+
+# -- settings ------------------------------------------------------------------------------
+
+
+@dataclass
+class Settings:
+    """Where the run's files are: the database, the results directory, the config file."""
+
+    db: Path
+    results: Path
+    config: Path | None
+    lock_timeout: float
+
+    def store(self) -> PipelineStore:
+        """The store (constructing it creates a missing database file: check first)."""
+        from usher_pipeline.persistence import PipelineStore
+
+        return PipelineStore(self.db, lock_timeout=self.lock_timeout)
+
+    def run(self) -> RunRecords:
+        """The step logs of the run."""
+        from usher_pipeline.export.run import load_run
+
+        return load_run(self.results)
+
+
+def resolve_settings(args: argparse.Namespace) -> Settings:
+    """Settings from --config/--db/--results; paths are relative to the working directory."""
+    config_path: Path | None = Path(args.config) if args.config else None
+    if config_path is None and (args.db is None or Path(DEFAULT_CONFIG).is_file()):
+        config_path = Path(DEFAULT_CONFIG)
+    lock_timeout = 120.0
+    db = Path(args.db) if args.db else None
+    results = Path(args.results) if args.results else None
+    if config_path is not None:
+        from usher_pipeline.config import load_config
+
+        if not config_path.is_file() and not args.config:
+            raise CommandError(
+                f"no config file {config_path} in {Path.cwd()}: pass --config FILE or --db "
+                "FILE, or run in the workflow's directory (-C DIR)"
+            )
+        config = load_config(config_path)
+        lock_timeout = config.store.lock_timeout_seconds
+        db = db or Path(config.duckdb_path)
+        results = results or Path(config.results_dir)
+    assert db is not None
+    return Settings(
+        db=db, results=results or db.parent, config=config_path, lock_timeout=lock_timeout
+    )
+
+
+# -- commands ------------------------------------------------------------------------------
+
+
+def cmd_checkpoints(args: argparse.Namespace, settings: Settings) -> int:
+    """Print the `_checkpoints` table."""
+    if not settings.db.exists():
+        raise CommandError(
+            f"database {settings.db} does not exist: run the workflow, or rebuild it from the "
+            "sentinels with `usher-pipeline repair`"
+        )
+    rows = settings.store().list_checkpoints()
+    headers = ["table", "rows", "created (UTC)", "fprint", "rule"]
+    table = [
+        [
+            r["table_name"],
+            r["row_count"],
+            r["created_at"].strftime("%Y-%m-%d %H:%M") if r["created_at"] else "",
+            (r["fingerprint"] or "").removeprefix("fp1:")[:8],
+            r["rule"],
+        ]
+        for r in rows
+    ]
+    descriptions = [" ".join(str(r["description"] or "").split()) for r in rows]
+    wide = format_table(
+        [*headers, "description"],
+        [[*t, d] for t, d in zip(table, descriptions, strict=True)],
+        width=10_000,
+        right=[1],
+    )
+    width = terminal_width()
+    if max(len(line) for line in wide.splitlines()) <= width:
+        print(wide)
+    else:
+        lines = format_table(headers, table, right=[1]).splitlines()
+        print(lines[0])
+        for line, description in zip(lines[1:], descriptions, strict=True):
+            print(line)
+            if description:
+                print(_clip(f"    {description}", width))
+    print(f"{len(rows)} tables in {settings.db}")
+    return 0
+
+
+def cmd_verify(args: argparse.Namespace, settings: Settings) -> int:
+    """Compare database, sentinels and step logs; exit 1 on any disagreement."""
+    from usher_pipeline.audit import verify
+
+    run = settings.run()
+    progress = Progress()
+    try:
+        report = verify(run, settings.db, settings.lock_timeout, progress=progress)
+    finally:
+        progress.done()
+    print(
+        f"checked {settings.db}: {report.tables} tables, {report.sentinels} sentinels, "
+        f"{report.steplogs} step logs ({report.outputs} outputs)"
+    )
+    for problem in report.problems:
+        print(f"{problem.kind:<8} {problem.message}")
+    if report.ok:
+        print("verify: database, sentinels and step logs agree")
+        return 0
+    fixable = sum(1 for p in report.problems if p.repairable)
+    noun = "problem" if len(report.problems) == 1 else "problems"
+    print(
+        f"verify: {len(report.problems)} {noun}, {fixable} repairable with `usher-pipeline repair`"
+    )
+    return 1
+
+
+def cmd_repair(args: argparse.Namespace, settings: Settings) -> int:
+    """Restore missing or differing tables from their sentinels."""
+    from usher_pipeline.audit import repair
+
+    run = settings.run()
+    progress = Progress()
+    try:
+        result = repair(run, settings.db, settings.lock_timeout, progress=progress)
+    finally:
+        progress.done()
+    if result.moved_aside:
+        print(f"moved the unreadable database aside to {result.moved_aside}")
+    if result.created:
+        print(f"created a new database {settings.db}")
+    for line in result.restored:
+        print(line)
+    if result.provenance_rows:
+        print(f"recorded {result.provenance_rows} _provenance rows from the sidecars")
+    for line in result.unrepairable:
+        print(f"cannot repair {line}")
+    print(
+        f"repair: {len(result.restored)} restored, {len(result.unrepairable)} left to "
+        "recompute with Snakemake"
+    )
+    return 1 if result.unrepairable else 0
+
+
+def _lineage_lines(records: list[dict[str, Any]], start: int) -> list[str]:
+    """An indented tree of `start` and, below it, the jobs that made its inputs."""
+    from usher_pipeline.export.run import parse_time
+    from usher_pipeline.workflow.merge import Lineage, step_label
+
+    graph = Lineage(records)
+    lines: list[str] = []
+    seen: set[int] = set()
+
+    def describe(job: int) -> str:
+        record = records[job]
+        ended = parse_time(record.get("ended_at"))
+        when = ended.strftime("%Y-%m-%d %H:%M:%S") if ended else "?"
+        seconds = record.get("duration_seconds")
+        rows = [e.get("rows") for e in record["outputs"] if e.get("table")]
+        text = f"{step_label(record)}  {when}"
+        if seconds is not None:
+            text += f"  {float(seconds):.2f} s"
+        if rows and rows[0] is not None:
+            text += f"  {rows[0]} rows"
+        return text
+
+    def walk(job: int, prefix: str, last: bool, root: bool) -> None:
+        branch = "" if root else ("└── " if last else "├── ")
+        if job in seen:
+            lines.append(f"{prefix}{branch}{step_label(records[job])}  (shown above)")
+            return
+        seen.add(job)
+        lines.append(f"{prefix}{branch}{describe(job)}")
+        below = prefix if root else prefix + ("    " if last else "│   ")
+        parents = graph.parents[job]
+        known = {os.path.normpath(e["path"]) for p in parents for e in records[p]["outputs"]}
+        external = [e for e in records[job]["inputs"] if os.path.normpath(e["path"]) not in known]
+        children: list[tuple[str, Any]] = [("job", p) for p in parents]
+        children += [("file", e) for e in external]
+        for n, (kind, item) in enumerate(children):
+            is_last = n == len(children) - 1
+            if kind == "job":
+                walk(item, below, is_last, False)
+            else:
+                mark = "└── " if is_last else "├── "
+                sha = (item.get("sha256") or "")[:12]
+                lines.append(f"{below}{mark}file {Path(item['path']).name}  sha256 {sha}")
+
+    walk(start, "", True, True)
+    return lines
+
+
+def cmd_lineage(args: argparse.Namespace, settings: Settings | None) -> int:
+    """Print the tree of steps that produced OUTPUT, from its provenance sidecar."""
+    from usher_pipeline._io import read_json
+    from usher_pipeline.persistence.provenance import sidecar_path
+
+    output = Path(args.output)
+    sidecar = output if output.name.endswith(".provenance.json") else sidecar_path(output)
+    if not sidecar.is_file():
+        raise CommandError(
+            f"{output} has no provenance sidecar {sidecar}: give a sentinel or final output of "
+            "a finished run (the provenance rule writes the sidecars)"
+        )
+    try:
+        data = read_json(sidecar)
+        records = [s["details"] for s in data["processing_steps"]]
+        target = os.path.normpath(data["output"]["path"])
+    except (ValueError, KeyError, TypeError):
+        raise CommandError(
+            f"sidecar {sidecar} is not a provenance sidecar: rerun the provenance rule "
+            "(snakemake --cores 2 --forcerun provenance)"
+        ) from None
+    producer = [
+        i
+        for i, r in enumerate(records)
+        if any(os.path.normpath(e["path"]) == target for e in r["outputs"])
+    ]
+    if not producer:
+        raise CommandError(f"sidecar {sidecar} names no step that wrote {target}")
+    out = data["output"]
+    head = f"{target}"
+    if out.get("rows") is not None:
+        head += f"  {out['rows']} rows"
+    if out.get("sha256"):
+        head += f"  sha256 {out['sha256'][:12]}"
+    print(head)
+    print(
+        f"config {str(data.get('config_hash') or '')[:16]}  pipeline {data.get('pipeline_version')}"
+    )
+    for line in _lineage_lines(records, producer[-1]):
+        print(_clip(line, terminal_width()))
+    return 0
+
+
+def _query_frame(settings: Settings, sql: str) -> pl.DataFrame:
+    """Run SQL on a read-only connection under the store's shared lock."""
+    import duckdb
+    import polars as pl
+
+    if not settings.db.exists():
+        raise CommandError(
+            f"database {settings.db} does not exist: run the workflow or pass --db FILE"
+        )
+    store = settings.store()
+    try:
+        with store.connect(write=False) as conn:
+            relation = conn.sql(sql)
+            return relation.pl() if relation is not None else pl.DataFrame()
+    except duckdb.Error as exc:
+        first = " ".join(str(exc).split())[:200]
+        if "read-only" in first:
+            raise CommandError(
+                "query is read-only and this statement would change the database: use SELECT, "
+                "DESCRIBE, SHOW or PRAGMA"
+            ) from None
+        raise CommandError(f"query failed ({first}): fix the SQL") from None
+
+
+def cmd_query(args: argparse.Namespace, settings: Settings) -> int:
+    """Run read-only SQL and print the result as a table, CSV or JSON."""
+    frame = _query_frame(settings, args.sql)
+    if args.format == "json":
+        json.dump(frame.to_dicts(), sys.stdout, indent=2, default=str)
+        sys.stdout.write("\n")
+    elif args.format == "csv":
+        buffer = io.StringIO()
+        writer = csv.writer(buffer, lineterminator="\n")
+        writer.writerow(frame.columns)
+        writer.writerows(frame.rows())
+        sys.stdout.write(buffer.getvalue())
+    else:
+        shown = frame.head(args.limit) if args.limit else frame
+        numeric = [i for i, dtype in enumerate(frame.dtypes) if dtype.is_numeric()]
+        print(format_table(frame.columns, shown.rows(), right=numeric))
+        more = frame.height - shown.height
+        tail = f" ({more} more not shown: raise --limit or use --format csv)" if more else ""
+        print(f"{frame.height} rows{tail}")
+    return 0
+
+
+def cmd_export_prov(args: argparse.Namespace, settings: Settings) -> int:
+    """Write the run as a PROV-JSON document."""
+    from usher_pipeline.export.prov import write_prov
+
+    run = settings.run()
+    progress = Progress()
+    try:
+        summary = write_prov(run, args.file, config_path=settings.config, progress=progress)
+    finally:
+        progress.done()
+    print(
+        f"wrote {args.file}: {summary['entities']} entities, {summary['activities']} "
+        f"activities, {summary['agents']} agents, {summary['relations']} relations"
+    )
+    return 0
+
+
+def cmd_export_rocrate(args: argparse.Namespace, settings: Settings) -> int:
+    """Write the run as a Workflow Run RO-Crate (Provenance Run Crate profile)."""
+    from usher_pipeline.export.rocrate import write_rocrate
+
+    run = settings.run()
+    progress = Progress()
+    try:
+        summary = write_rocrate(
+            run,
+            args.dir,
+            config_path=settings.config,
+            snakefile=Path(args.snakefile) if args.snakefile else None,
+            progress=progress,
+        )
+    finally:
+        progress.done()
+    print(
+        f"wrote {args.dir}: {summary['actions']} actions, {summary['files']} files, "
+        f"conforms to {', '.join(summary['profiles'])}"
+    )
+    return 0
+
+
+# -- parser --------------------------------------------------------------------------------
+
+
+def _add_global_options(parser: argparse.ArgumentParser, default: Any) -> None:
+    """--directory, --config, --db and --results, valid before or after the command."""
+    parser.add_argument(
+        "-C",
+        "--directory",
+        metavar="DIR",
+        default=default,
+        help="run as if started in DIR (the workflow's working directory)",
+    )
+    parser.add_argument(
+        "--config",
+        metavar="FILE",
+        default=default,
+        help=f"pipeline config (default {DEFAULT_CONFIG})",
+    )
+    parser.add_argument(
+        "--db", metavar="FILE", default=default, help="DuckDB store (default: duckdb_path)"
+    )
+    parser.add_argument(
+        "--results",
+        metavar="DIR",
+        default=default,
+        help="results directory (default: results_dir)",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of every command."""
+    parser = argparse.ArgumentParser(
+        prog="usher-pipeline",
+        description="Inspect, verify, repair and publish the results of an usher_pipeline run.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    _add_global_options(parser, default=None)
+    common = argparse.ArgumentParser(add_help=False)
+    _add_global_options(common, default=argparse.SUPPRESS)  # also accepted after COMMAND
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    def add(name: str, func: Callable[..., int], help_text: str) -> argparse.ArgumentParser:
+        command = sub.add_parser(name, help=help_text, description=help_text, parents=[common])
+        command.set_defaults(func=func)
+        return command
+
+    add("checkpoints", cmd_checkpoints, "list the stored tables and their checkpoints")
+    add("verify", cmd_verify, "check that database, sentinels and step logs agree")
+    add("repair", cmd_repair, "restore missing or differing tables from their sentinels")
+    lineage = add("lineage", cmd_lineage, "show the steps that produced an output")
+    lineage.add_argument("output", metavar="OUTPUT", help="a sentinel or final output")
+    query = add("query", cmd_query, "run read-only SQL against the store")
+    query.add_argument("sql", metavar="SQL")
+    query.add_argument("--format", choices=["table", "csv", "json"], default="table")
+    query.add_argument(
+        "--limit",
+        type=int,
+        default=QUERY_ROWS,
+        help=f"rows shown as a table (default {QUERY_ROWS}; 0 = all)",
+    )
+    prov = add("export-prov", cmd_export_prov, "write the run as W3C PROV-JSON")
+    prov.add_argument("file", metavar="FILE")
+    crate = add("export-rocrate", cmd_export_rocrate, "write the run as a Workflow Run RO-Crate")
+    crate.add_argument("dir", metavar="DIR")
+    crate.add_argument(
+        "--snakefile", metavar="FILE", help="the workflow's Snakefile (default: ./Snakefile)"
+    )
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of `usher-pipeline` and `python -m usher_pipeline`."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        if args.directory:
+            try:
+                os.chdir(args.directory)
+            except OSError as exc:
+                raise CommandError(
+                    f"cannot change to directory {args.directory} ({exc.strerror}): pass an "
+                    "existing directory to -C"
+                ) from None
+        settings = None if args.command == "lineage" else resolve_settings(args)
+        return int(args.func(args, settings))
+    except UsherError as error:
+        sys.stdout.flush()
+        print(f"usher-pipeline: error: {error}", file=sys.stderr)
+        return 1
+    except BrokenPipeError:
+        return 0
+    except KeyboardInterrupt:
+        print("usher-pipeline: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

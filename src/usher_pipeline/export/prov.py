@@ -1,0 +1,182 @@
+"""W3C PROV export of a run: a PROV-JSON document built from the step logs with `prov`.
+
+Mapping: each file a job read or wrote is an entity (sha256, size, rows, table and
+fingerprint as attributes); each job is an activity with its start and end times; the
+software (usher_pipeline, snakemake, python, duckdb, polars), the host and the user are
+agents. Jobs `used` their inputs, outputs `wasGeneratedBy` their job and `wasDerivedFrom`
+its inputs, and every job `wasAssociatedWith` the software and host that ran it.
+"""
+
+from __future__ import annotations
+
+import getpass
+import os
+import pwd
+import re
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from usher_pipeline.export.run import RunRecords, parse_time
+from usher_pipeline.hashing import sha256_file
+from usher_pipeline.workflow.merge import step_label
+
+if TYPE_CHECKING:
+    from prov.model import ProvDocument
+
+USHER_NS = "urn:usher_pipeline:"
+_UNSAFE = re.compile(r"[^A-Za-z0-9_.\-/]")
+
+
+def _local(text: str) -> str:
+    """A QName local part: path-like text with anything unusual replaced by '_'."""
+    return _UNSAFE.sub("_", text.lstrip("/"))
+
+
+def _owner(path: Path) -> str:
+    """The account owning a file (who ran the job that wrote it), else the current user."""
+    try:
+        return pwd.getpwuid(path.stat().st_uid).pw_name
+    except (KeyError, OSError):
+        return getpass.getuser()
+
+
+def _entity_attributes(entry: dict[str, Any]) -> dict[str, Any]:
+    keys = ("sha256", "size", "rows", "table", "fingerprint", "description")
+    attributes: dict[str, Any] = {"prov:label": Path(entry["path"]).name}
+    attributes["usher:path"] = str(entry["path"])
+    for key in keys:
+        if entry.get(key) is not None and entry.get(key) != "":
+            attributes[f"usher:{key}"] = entry[key]
+    return attributes
+
+
+def build_prov(
+    run: RunRecords,
+    config_path: Path | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> ProvDocument:
+    """The PROV document of a run."""
+    from prov.model import PROV, PROV_TYPE, ProvDocument
+
+    say = progress or (lambda _message: None)
+    doc = ProvDocument()
+    usher = doc.add_namespace("usher", USHER_NS)
+    for prefix in ("file", "job", "sw", "host", "user"):
+        doc.add_namespace(prefix, f"{USHER_NS}{prefix}:")
+
+    entities: dict[str, Any] = {}
+
+    def entity(entry: dict[str, Any]) -> Any:
+        key = os.path.normpath(str(entry["path"]))
+        if key not in entities:
+            entities[key] = doc.entity(f"file:{_local(key)}", _entity_attributes(entry))
+        return entities[key]
+
+    software: dict[tuple[str, str], Any] = {}
+
+    def software_agent(name: str, version: str) -> Any:
+        if (name, version) not in software:
+            software[(name, version)] = doc.agent(
+                f"sw:{_local(name)}-{_local(version)}",
+                {
+                    PROV_TYPE: PROV["SoftwareAgent"],
+                    "prov:label": f"{name} {version}",
+                    "usher:version": version,
+                },
+            )
+        return software[(name, version)]
+
+    hosts: dict[str, Any] = {}
+    user_name = _owner(run.steplogs[0])
+    user = doc.agent(
+        f"user:{_local(user_name)}", {PROV_TYPE: PROV["Person"], "prov:label": user_name}
+    )
+
+    config = None
+    config_hash = run.config_hash()
+    if config_path is not None and Path(config_path).is_file():
+        config = doc.entity(
+            f"file:{_local(os.path.normpath(str(config_path)))}",
+            {
+                "prov:label": Path(config_path).name,
+                "usher:path": str(config_path),
+                "usher:sha256": sha256_file(config_path),
+                "usher:config_hash": config_hash or "",
+                PROV_TYPE: usher["Config"],
+            },
+        )
+
+    for n, record in enumerate(run.records, 1):
+        label = step_label(record)
+        say(f"export-prov: job {n}/{len(run.records)} {label}")
+        attributes: dict[str, Any] = {
+            "prov:label": label,
+            "usher:rule": record["rule"],
+            "usher:duration_seconds": float(record.get("duration_seconds") or 0.0),
+            "usher:host": record.get("host") or "",
+        }
+        for key in ("config_slice_hash", "config_hash"):
+            if record.get(key):
+                attributes[f"usher:{key}"] = record[key]
+        for key, value in (record.get("wildcards") or {}).items():
+            attributes[f"usher:wildcard_{_local(key)}"] = str(value)
+        scheduler = record.get("scheduler") or {}
+        if scheduler.get("job_id"):
+            attributes["usher:scheduler_job"] = f"{scheduler.get('name')}:{scheduler['job_id']}"
+        activity = doc.activity(
+            f"job:{_local(label)}",
+            parse_time(record.get("started_at")),
+            parse_time(record.get("ended_at")),
+            attributes,
+        )
+        ended = parse_time(record.get("ended_at"))
+        used = []
+        for entry in record["inputs"]:
+            source = entity(entry)
+            used.append(source)
+            doc.used(activity, source, parse_time(record.get("started_at")))
+        if config is not None:
+            doc.used(activity, config)
+        for entry in record["outputs"]:
+            product = entity(entry)
+            doc.wasGeneratedBy(product, activity, ended)
+            for source in used:
+                doc.wasDerivedFrom(product, source, activity)
+        for name, version in sorted((record.get("software") or {}).items()):
+            doc.wasAssociatedWith(activity, software_agent(name, str(version)))
+        host_name = str(record.get("host") or "unknown")
+        if host_name not in hosts:
+            hosts[host_name] = doc.agent(
+                f"host:{_local(host_name)}", {PROV_TYPE: usher["Host"], "prov:label": host_name}
+            )
+            doc.actedOnBehalfOf(hosts[host_name], user)
+        doc.wasAssociatedWith(activity, hosts[host_name])
+    for agent in software.values():
+        doc.actedOnBehalfOf(agent, user)
+    return doc
+
+
+def prov_counts(doc: ProvDocument) -> dict[str, int]:
+    """How many entities, activities, agents and relations a PROV document holds."""
+    from prov.model import ProvActivity, ProvAgent, ProvEntity, ProvRelation
+
+    records = doc.get_records()
+    kinds = {"entities": ProvEntity, "activities": ProvActivity, "agents": ProvAgent}
+    counts = {name: sum(isinstance(r, kind) for r in records) for name, kind in kinds.items()}
+    counts["relations"] = sum(isinstance(r, ProvRelation) for r in records)
+    return counts
+
+
+def write_prov(
+    run: RunRecords,
+    target: str | Path,
+    config_path: Path | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> dict[str, int]:
+    """Write the run's PROV-JSON document to `target`; returns counts of what it holds."""
+    from usher_pipeline._io import write_text_atomic
+
+    doc = build_prov(run, config_path=config_path, progress=progress)
+    write_text_atomic(target, doc.serialize(format="json", indent=2) + "\n")
+    return prov_counts(doc)

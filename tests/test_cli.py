@@ -1,0 +1,409 @@
+"""The `usher-pipeline` command on a real demo run: checkpoints, verify, repair, lineage, query.
+
+One small demo run (200 genes) is made per test session in a temporary directory with the
+repository's Snakefile; tests that damage a run work on their own copy of it.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import pytest
+import yaml
+
+from usher_pipeline.cli import Progress, format_table, main
+from usher_pipeline.persistence import PipelineStore
+from usher_pipeline.persistence.fingerprint import fingerprint_parquet
+
+REPO = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+DEMO_SETTINGS = {
+    "demo": {"gene_limit": 200, "fetch": {"batch_size": 100, "batch_latency_seconds": 0.0}}
+}
+TABLES = {
+    "hpo_terms",
+    "known_usher_genes",
+    "gene_universe",
+    "evidence_hearing",
+    "evidence_retina",
+    "evidence_vestibular",
+    "gene_evidence",
+    "gene_scores",
+    "candidate_tiers",
+    "positive_controls",
+}
+
+
+def _merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def run_snakemake(workdir: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """Run the repository's Snakefile in `workdir`; fail the test with its output on error."""
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
+    done = subprocess.run(
+        [str(BIN / "snakemake"), "--snakefile", str(REPO / "Snakefile"), "--directory"]
+        + [str(workdir), "--cores", "2", *args],
+        cwd=workdir,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    if done.returncode != 0:
+        pytest.fail(f"snakemake {' '.join(args)} failed:\n{done.stdout}\n{done.stderr}")
+    return done
+
+
+def make_demo_run(factory: pytest.TempPathFactory) -> Path:
+    """A finished small demo run, made once per session and shared by the CLI/export tests."""
+    workdir = factory.getbasetemp() / "usher_cli_demo"
+    if (workdir / "done").exists():
+        return workdir
+    shutil.rmtree(workdir, ignore_errors=True)
+    (workdir / "config").mkdir(parents=True)
+    config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+    config = _merge(config, DEMO_SETTINGS)
+    (workdir / "config" / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    run_snakemake(workdir)
+    (workdir / "done").write_text("finished\n")
+    return workdir
+
+
+@pytest.fixture(scope="session")
+def demo_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_demo_run(tmp_path_factory)
+
+
+@pytest.fixture
+def run_copy(demo_run: Path, tmp_path: Path) -> Path:
+    """A private copy of the demo run that a test may damage."""
+    target = tmp_path / "run"
+    shutil.copytree(demo_run, target, symlinks=True, ignore=shutil.ignore_patterns("*.lock"))
+    return target
+
+
+def cli(workdir: Path, *args: str, monkeypatch: pytest.MonkeyPatch, capsys: Any) -> tuple:
+    """Run the command in-process in `workdir`: (exit code, stdout, stderr)."""
+    monkeypatch.chdir(workdir)
+    code = main(list(args))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def cli_process(workdir: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """Run the installed `usher-pipeline` command in a real subprocess."""
+    return subprocess.run(
+        [str(BIN / "usher-pipeline"), "-C", str(workdir), *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def steplog_fingerprint(workdir: Path, table: str) -> str:
+    for path in (workdir / "results" / "steplogs").glob("*.json"):
+        for entry in json.loads(path.read_text())["outputs"]:
+            if entry.get("table") == table:
+                return entry["fingerprint"]
+    raise AssertionError(f"no step log lists table {table}")
+
+
+def drop_table(workdir: Path, table: str) -> None:
+    with duckdb.connect(str(workdir / "results" / "pipeline.duckdb")) as conn:
+        conn.execute(f"DROP TABLE {table}")
+        conn.execute("DELETE FROM _checkpoints WHERE table_name = ?", [table])
+
+
+def tamper_sentinel(workdir: Path, table: str) -> Path:
+    """Rewrite a sentinel with one row fewer (a plausible, silent corruption)."""
+    sentinel = workdir / "results" / "tables" / f"{table}.parquet"
+    with duckdb.connect() as conn:
+        rows = conn.sql(f"SELECT * FROM read_parquet('{sentinel}')").pl()
+    rows.head(rows.height - 1).write_parquet(sentinel)
+    return sentinel
+
+
+# -- checkpoints ---------------------------------------------------------------------------
+
+
+def test_checkpoints_lists_every_table_within_80_columns(demo_run, monkeypatch, capsys):
+    code, out, _ = cli(demo_run, "checkpoints", monkeypatch=monkeypatch, capsys=capsys)
+    assert code == 0
+    lines = out.splitlines()
+    assert lines[0].split() == ["table", "rows", "created", "(UTC)", "fprint", "rule"]
+    listed = {line.split()[0] for line in lines[1:-1] if not line.startswith(" ")}
+    assert listed == TABLES
+    universe = next(line for line in lines if line.startswith("gene_universe "))
+    fingerprint = steplog_fingerprint(demo_run, "gene_universe").removeprefix("fp1:")
+    assert fingerprint[:8] in universe.split()
+    assert lines[-1] == f"{len(TABLES)} tables in results/pipeline.duckdb"
+    assert max(len(line) for line in lines) <= 80
+
+
+def test_format_table_clips_to_width():
+    text = format_table(["a", "b"], [["x" * 60, "y" * 60]], width=40)
+    assert all(len(line) <= 40 for line in text.splitlines())
+    assert "…" in text
+
+
+class Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_progress_overwrites_one_line_on_a_terminal_and_is_silent_elsewhere():
+    terminal = Terminal()
+    progress = Progress(terminal)
+    progress("verify: table 1/10 candidate_tiers")
+    progress("verify: table 2/10 evidence_hearing")
+    progress.done()
+    text = terminal.getvalue()
+    assert text.count("\r") == 3 and "\n" not in text
+    assert text.endswith("\r\033[K")
+    piped = io.StringIO()
+    Progress(piped)("verify: table 1/10 candidate_tiers")
+    assert piped.getvalue() == ""
+
+
+# -- verify --------------------------------------------------------------------------------
+
+
+def test_verify_exits_zero_when_everything_agrees(demo_run, monkeypatch, capsys):
+    code, out, _ = cli(demo_run, "verify", monkeypatch=monkeypatch, capsys=capsys)
+    assert code == 0, out
+    assert out.splitlines()[-1] == "verify: database, sentinels and step logs agree"
+    assert "10 tables, 10 sentinels, 9 step logs" in out
+
+
+def test_verify_catches_tampered_sentinel_and_deleted_table(run_copy, monkeypatch, capsys):
+    tamper_sentinel(run_copy, "gene_scores")
+    drop_table(run_copy, "gene_universe")
+    code, out, _ = cli(run_copy, "verify", monkeypatch=monkeypatch, capsys=capsys)
+    assert code == 1
+    problems = out.splitlines()[1:-1]
+    assert len(problems) == 2, out
+    changed = next(p for p in problems if p.startswith("CHANGED"))
+    assert "results/tables/gene_scores.parquet" in changed
+    assert "and from the table" in changed
+    assert "--forcerun gene_scores" in changed
+    missing = next(p for p in problems if p.startswith("MISSING"))
+    assert "table gene_universe is not in the database" in missing
+    assert out.splitlines()[-1] == "verify: 2 problems, 1 repairable with `usher-pipeline repair`"
+
+
+def test_verify_reports_changed_final_output_and_missing_sentinel(run_copy, monkeypatch, capsys):
+    with open(run_copy / "results" / "final" / "candidate_tiers.tsv", "a") as handle:
+        handle.write("extra\n")
+    (run_copy / "results" / "tables" / "hpo_terms.parquet").unlink()
+    code, out, _ = cli(run_copy, "verify", monkeypatch=monkeypatch, capsys=capsys)
+    assert code == 1
+    assert any(
+        line.startswith("CHANGED") and "results/final/candidate_tiers.tsv changed" in line
+        for line in out.splitlines()
+    ), out
+    assert any(
+        line.startswith("GONE") and "sentinel results/tables/hpo_terms.parquet is gone" in line
+        for line in out.splitlines()
+    ), out
+
+
+def test_verify_never_creates_a_missing_database(run_copy, monkeypatch, capsys):
+    db = run_copy / "results" / "pipeline.duckdb"
+    db.unlink()
+    code, out, _ = cli(run_copy, "verify", monkeypatch=monkeypatch, capsys=capsys)
+    assert code == 1
+    assert "DATABASE database results/pipeline.duckdb does not exist" in out
+    assert not db.exists()
+
+
+# -- repair --------------------------------------------------------------------------------
+
+
+def test_repair_restores_deleted_table_with_original_fingerprint(run_copy, monkeypatch, capsys):
+    db = run_copy / "results" / "pipeline.duckdb"
+    before = PipelineStore(db).get_checkpoint("gene_universe")
+    drop_table(run_copy, "gene_universe")
+    assert PipelineStore(db).fingerprint("gene_universe") is None
+
+    code, out, _ = cli(run_copy, "repair", monkeypatch=monkeypatch, capsys=capsys)
+    assert code == 0, out
+    rows = before["row_count"]
+    assert f"restored table gene_universe from its sentinel ({rows} rows" in out
+    assert out.splitlines()[-1] == "repair: 1 restored, 0 left to recompute with Snakemake"
+    store = PipelineStore(db)
+    assert store.fingerprint("gene_universe") == before["fingerprint"]
+    after = store.get_checkpoint("gene_universe")
+    for key in ("row_count", "description", "fingerprint", "rule", "sentinel", "config_hash"):
+        assert after[key] == before[key], key
+    assert abs((after["created_at"] - before["created_at"]).total_seconds()) < 1
+
+    code, out, _ = cli(run_copy, "verify", monkeypatch=monkeypatch, capsys=capsys)
+    assert code == 0, out
+
+
+def test_repair_names_the_snakemake_command_for_a_tampered_sentinel(run_copy, monkeypatch, capsys):
+    tamper_sentinel(run_copy, "gene_scores")
+    drop_table(run_copy, "gene_universe")
+    code, out, _ = cli(run_copy, "repair", monkeypatch=monkeypatch, capsys=capsys)
+    assert code == 1
+    assert "restored table gene_universe" in out
+    unrepaired = [line for line in out.splitlines() if line.startswith("cannot repair")]
+    assert len(unrepaired) == 1
+    assert "gene_scores" in unrepaired[0]
+    assert "`snakemake --cores 2 --forcerun gene_scores`" in unrepaired[0]
+    # the database copy of gene_scores was right and is left as it was
+    db = run_copy / "results" / "pipeline.duckdb"
+    assert PipelineStore(db).fingerprint("gene_scores") == steplog_fingerprint(
+        run_copy, "gene_scores"
+    )
+
+
+def test_repair_moves_a_corrupt_database_aside_and_rebuilds_it(run_copy, monkeypatch, capsys):
+    db = run_copy / "results" / "pipeline.duckdb"
+    db.write_bytes(b"not a database\n")
+    code, out, _ = cli(run_copy, "repair", monkeypatch=monkeypatch, capsys=capsys)
+    assert code == 0, out
+    kept = list(db.parent.glob("pipeline.duckdb.corrupt-*"))
+    assert len(kept) == 1 and kept[0].read_bytes() == b"not a database\n"
+    assert f"moved the unreadable database aside to {kept[0].relative_to(run_copy)}" in out
+    store = PipelineStore(db)
+    assert set(store.list_tables()) == TABLES
+    for table in TABLES:
+        assert store.fingerprint(table) == steplog_fingerprint(run_copy, table)
+    provenance = store.execute_query("SELECT count(*) AS n FROM _provenance")["n"][0]
+    assert provenance == 13  # 12 sidecars and the run record
+    code, out, _ = cli(run_copy, "verify", monkeypatch=monkeypatch, capsys=capsys)
+    assert code == 0, out
+
+
+# -- lineage -------------------------------------------------------------------------------
+
+
+def test_lineage_shows_gene_universe_under_candidate_tiers(demo_run, monkeypatch, capsys):
+    code, out, _ = cli(
+        demo_run,
+        "lineage",
+        "results/final/candidate_tiers.tsv",
+        monkeypatch=monkeypatch,
+        capsys=capsys,
+    )
+    assert code == 0, out
+    lines = out.splitlines()
+    assert lines[0].startswith("results/final/candidate_tiers.tsv")
+    root = lines[2]
+    assert root.startswith("candidate_tiers  ") and root.endswith("rows")
+    universe = [line for line in lines if "gene_universe  20" in line]
+    assert len(universe) == 1
+    assert universe[0].index("gene_universe") > 0  # indented below the root
+    for layer in ("hearing", "retina", "vestibular"):
+        assert any(f"evidence[layer={layer}]" in line for line in lines)
+    assert any("file hp.obo  sha256" in line for line in lines)
+    assert max(len(line) for line in lines) <= 80
+
+
+def test_lineage_of_output_without_sidecar_is_one_sentence(demo_run, monkeypatch, capsys):
+    code, out, err = cli(demo_run, "lineage", "nowhere.tsv", monkeypatch=monkeypatch, capsys=capsys)
+    assert code == 1
+    assert err.count("\n") == 1 and "nowhere.provenance.json" in err
+
+
+# -- query ---------------------------------------------------------------------------------
+
+TIER_SQL = "SELECT tier, count(*) AS n FROM candidate_tiers GROUP BY tier ORDER BY tier"
+
+
+def test_query_json_and_csv_agree_with_the_table(demo_run, monkeypatch, capsys):
+    code, out, _ = cli(
+        demo_run, "query", "--format", "json", TIER_SQL, monkeypatch=monkeypatch, capsys=capsys
+    )
+    assert code == 0
+    rows = json.loads(out)
+    assert [r["tier"] for r in rows] == sorted(r["tier"] for r in rows)
+    assert (
+        sum(r["n"] for r in rows)
+        == PipelineStore(demo_run / "results" / "pipeline.duckdb").get_checkpoint(
+            "candidate_tiers"
+        )["row_count"]
+    )
+
+    code, out, _ = cli(
+        demo_run, "query", "--format", "csv", TIER_SQL, monkeypatch=monkeypatch, capsys=capsys
+    )
+    assert code == 0
+    parsed = list(csv.DictReader(io.StringIO(out)))
+    assert [(r["tier"], int(r["n"])) for r in parsed] == [(r["tier"], r["n"]) for r in rows]
+
+    code, out, _ = cli(demo_run, "query", TIER_SQL, monkeypatch=monkeypatch, capsys=capsys)
+    assert code == 0
+    assert out.splitlines()[0].split() == ["tier", "n"]
+    assert out.splitlines()[-1] == f"{len(rows)} rows"
+
+
+def test_query_refuses_to_write(run_copy, monkeypatch, capsys):
+    code, _, err = cli(
+        run_copy, "query", "DROP TABLE gene_scores", monkeypatch=monkeypatch, capsys=capsys
+    )
+    assert code == 1
+    assert "read-only" in err and "Traceback" not in err
+    assert "gene_scores" in PipelineStore(run_copy / "results" / "pipeline.duckdb").list_tables()
+
+
+# -- the installed command -----------------------------------------------------------------
+
+
+def test_installed_command_and_module_agree_on_exit_codes(demo_run, tmp_path):
+    done = cli_process(demo_run, "verify")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines()[-1] == "verify: database, sentinels and step logs agree"
+    module = subprocess.run(
+        [sys.executable, "-m", "usher_pipeline", "-C", str(demo_run), "query", "SELECT 42 AS x"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert module.returncode == 0 and module.stdout.split() == ["x", "42", "1", "rows"]
+    usage = cli_process(demo_run, "no-such-command")
+    assert usage.returncode == 2
+    failure = cli_process(tmp_path, "checkpoints")
+    assert failure.returncode == 1
+    assert failure.stderr.startswith("usher-pipeline: error: no config file config/config.yaml")
+    assert "Traceback" not in failure.stderr and failure.stderr.count("\n") == 1
+
+
+def test_db_option_works_without_a_config(demo_run, tmp_path):
+    db = tmp_path / "copy.duckdb"
+    shutil.copy(demo_run / "results" / "pipeline.duckdb", db)
+    done = subprocess.run(
+        [
+            str(BIN / "usher-pipeline"),
+            "--db",
+            str(db),
+            "query",
+            "SELECT count(*) AS n FROM hpo_terms",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+    )
+    assert done.returncode == 0, done.stderr
+    assert (
+        int(done.stdout.split()[1])
+        == fingerprint_parquet(demo_run / "results" / "tables" / "hpo_terms.parquet")[1]
+    )
