@@ -4,6 +4,8 @@ from usher_pipeline.persistence.duckdb_store import PipelineStore, validate_tabl
 from usher_pipeline.persistence.errors import (
     InvalidFrame,
     InvalidTableName,
+    SidecarError,
+    SidecarNotFound,
     StoreError,
     StoreFileError,
     StoreLockTimeout,
@@ -17,6 +19,8 @@ __all__ = [
     "InvalidTableName",
     "PipelineStore",
     "ProvenanceTracker",
+    "SidecarError",
+    "SidecarNotFound",
     "StoreError",
     "StoreFileError",
     "StoreLockTimeout",

@@ -8,6 +8,7 @@ closes it. `with store.transaction():` groups operations under one lock and one 
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
@@ -22,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 from usher_pipeline.persistence.errors import (
     InvalidFrame,
     InvalidTableName,
+    StoreDiskFull,
     StoreError,
     StoreFileError,
     StoreLockTimeout,
@@ -29,7 +31,6 @@ from usher_pipeline.persistence.errors import (
     UnsupportedFrameType,
 )
 from usher_pipeline.persistence.fingerprint import (
-    fingerprint_parquet,
     fingerprint_source,
     parquet_source,
 )
@@ -46,6 +47,7 @@ PROVENANCE = "_provenance"
 INTERNAL_TABLES = frozenset({CHECKPOINTS, PROVENANCE, "_fetch_batches"})
 MAX_NAME_LENGTH = 63
 _NAME = re.compile(r"^[a-z][a-z0-9_]*$")
+_DAMAGED = re.compile(r"Could not read enough bytes|not a valid DuckDB|[Cc]orrupt|checksum")
 _DUCKDB_HOLDER = re.compile(r"Conflicting lock is held in (.+?) \(PID (\d+)\)")
 
 _CHECKPOINTS_DDL = f"""
@@ -100,17 +102,17 @@ def validate_table_name(name: object, *, internal: bool = False) -> str:
     shown = name if len(name) <= 80 else name[:77] + "..."
     if len(name) > MAX_NAME_LENGTH:
         raise InvalidTableName(
-            f"table name '{shown}' has {len(name)} characters: use at most {MAX_NAME_LENGTH}"
+            f"table name {shown!r} has {len(name)} characters: use at most {MAX_NAME_LENGTH}"
         )
     if name.startswith("_") and not internal:
         raise InvalidTableName(
-            f"table name '{name}' starts with '_', which is reserved for the store's own tables "
+            f"table name {name!r} starts with '_', which is reserved for the store's own tables "
             "(_checkpoints, _provenance, ...): choose a name that starts with a letter"
         )
     body = name.lstrip("_") if internal else name
-    if not _NAME.match(body):
+    if not _NAME.fullmatch(body):  # match() would let a trailing newline through
         raise InvalidTableName(
-            f"table '{shown}' is not a valid name: use lowercase letters, digits and "
+            f"table {shown!r} is not a valid name: use lowercase letters, digits and "
             "underscores, starting with a letter"
         )
     return name
@@ -158,12 +160,80 @@ def to_polars(df: object) -> pl.DataFrame:
             f"columns {objects} hold Python objects, which a table cannot store: convert them to "
             "strings, numbers, lists or structs first"
         )
+    if any(not name or "\x00" in name for name in frame.columns):
+        raise InvalidFrame(
+            "the DataFrame has a column whose name is empty or holds a NUL character: name "
+            "every column with printable text"
+        )
+    folded = [name.casefold() for name in frame.columns]
+    clashes = sorted(n for n in frame.columns if folded.count(n.casefold()) > 1)
+    if clashes:
+        raise InvalidFrame(
+            f"columns {clashes} differ only in case, and DuckDB column names ignore case: "
+            "rename them before saving"
+        )
+    lossy = {name: str(dtype) for name, dtype in frame.schema.items() if _unstorable(dtype)}
+    if lossy:
+        raise InvalidFrame(
+            f"columns {lossy} have types a table would silently change (durations, 128-bit "
+            "integers): convert durations to numbers of seconds and 128-bit integers to Int64 "
+            "or Decimal before saving"
+        )
     return frame
+
+
+def _unstorable(dtype: Any) -> bool:
+    """True for a polars type that does not survive Parquet and DuckDB unchanged in meaning
+    (Duration loads back as a bare integer, 128-bit integers as bytes), also when nested."""
+    import polars as pl
+
+    if isinstance(dtype, pl.List | pl.Array):
+        return _unstorable(dtype.inner)
+    if isinstance(dtype, pl.Struct):
+        return any(_unstorable(field.dtype) for field in dtype.fields)
+    return dtype.base_type() in (pl.Duration, pl.Int128, pl.UInt128)
 
 
 def write_parquet(frame: pl.DataFrame, path: Path) -> None:
     """Write `frame` as Parquet in the store's layout (one file, statistics, zstd)."""
-    frame.write_parquet(path, compression="zstd", compression_level=1, statistics=True)
+    try:
+        frame.write_parquet(path, compression="zstd", compression_level=1, statistics=True)
+    except Exception as exc:
+        if isinstance(exc, OSError) and not is_disk_full(exc):
+            reason = exc.strerror or str(exc).split(" (os error", 1)[0]
+            raise StoreFileError(
+                f"cannot write {path} ({reason}): make {Path(path).parent} "
+                "writable, or point results_dir/duckdb_path at a writable folder"
+            ) from None
+        if not is_disk_full(exc):
+            raise
+        if Path(path).exists():
+            Path(path).unlink()
+        raise StoreDiskFull(
+            f"no space left on the device to write {path}: free space there (or move "
+            "results_dir/duckdb_path to a larger disk) and rerun; committed tables are unchanged"
+        ) from None
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """True for an error that says the device has no space left (OS, polars or DuckDB)."""
+    if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+        return True
+    return "No space left on device" in str(exc)
+
+
+def retype_null_columns(conn: duckdb.DuckDBPyConnection, table: str, source: str) -> None:
+    """Give each column of `table` typed NULL (saved from a batch without values) the type the
+    same column has in `source`, before appending `source`; its values are all NULL, so the
+    change is lossless, and later batches with values fit. `table` is a quoted identifier."""
+    null = '"NULL"'
+    current = dict(r[:2] for r in conn.sql(f"DESCRIBE {table}").fetchall())
+    for name, new_type in (r[:2] for r in conn.sql(f"DESCRIBE SELECT * FROM {source}").fetchall()):
+        old_type = current.get(name)
+        if old_type and null in old_type and null not in new_type and old_type != new_type:
+            conn.execute(
+                f"ALTER TABLE {table} ALTER COLUMN {quote_identifier(name)} TYPE {new_type}"
+            )
 
 
 class PipelineStore:
@@ -181,13 +251,22 @@ class PipelineStore:
                 f"database path {self.db_path} is a directory: point duckdb_path at a file "
                 f"inside it, e.g. {self.db_path}/pipeline.duckdb"
             )
-        self.db_path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self.db_path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StoreFileError(
+                f"cannot create the folder {self.db_path.parent} of the database "
+                f"({exc.strerror}): point duckdb_path at a writable folder"
+            ) from None
         self.lock_timeout = float(lock_timeout)
         self.config_hash = config_hash
         self._lock = StoreLock(self.db_path, self.lock_timeout)
         self._conn: duckdb.DuckDBPyConnection | None = None
         self._conn_writable = False
         self._closed = False
+        if not self.db_path.exists():  # create the file with `_checkpoints`, then let go
+            with self.transaction():
+                pass
 
     # -- construction and lifetime -------------------------------------------------------
 
@@ -231,10 +310,16 @@ class PipelineStore:
                 )
             yield self._conn
             return
+        import duckdb
+
         with self._lock.hold(exclusive=write) as deadline:
             conn = self._open(read_only=not write, deadline=deadline)
             try:
                 yield conn
+            except duckdb.IOException as exc:  # a damaged file often opens, then fails to read
+                if _DAMAGED.search(str(exc)):
+                    raise self._file_error(exc) from None
+                raise
             finally:
                 conn.close()
 
@@ -252,11 +337,17 @@ class PipelineStore:
                     self._ensure_internal(conn)
                 yield self
                 conn.execute("COMMIT")
-            except BaseException:
+            except BaseException as exc:
                 try:
                     conn.execute("ROLLBACK")
                 except Exception:  # noqa: BLE001 - the original error matters more
                     pass
+                if is_disk_full(exc) and not isinstance(exc, StoreDiskFull):
+                    raise StoreDiskFull(
+                        f"no space left on the device of {self.db_path}: free space there (or "
+                        "move duckdb_path to a larger disk) and rerun; the transaction was "
+                        "rolled back and committed tables are unchanged"
+                    ) from None
                 raise
             finally:
                 self._conn, self._conn_writable = None, False
@@ -266,17 +357,24 @@ class PipelineStore:
 
         started = time.monotonic()
         delay = 0.005
+        noted = read_only  # a writer holding the lock file says whom it waits for, once
         while True:
             try:
-                return duckdb.connect(str(self.db_path), read_only=read_only)
+                conn = duckdb.connect(str(self.db_path), read_only=read_only)
+                # time-zone-aware columns load back in UTC, whatever the host's zone
+                conn.execute("SET TimeZone = 'UTC'")
+                return conn
             except duckdb.IOException as exc:
                 message = str(exc)
                 holder = _DUCKDB_HOLDER.search(message)
                 if holder is None:
                     raise self._file_error(exc) from None
+                who = f"PID {holder.group(2)} ({os.path.basename(holder.group(1))})"
+                if not noted:
+                    self._lock.note_waiting_for(who)
+                    noted = True
                 now = time.monotonic()
                 if now >= deadline:
-                    who = f"PID {holder.group(2)} ({os.path.basename(holder.group(1))})"
                     raise self._lock.timeout_error(now - started, who) from None
                 time.sleep(min(delay, max(0.0, deadline - now)))
                 delay = min(delay * 2, 0.1)
@@ -350,7 +448,8 @@ class PipelineStore:
                 staging, table_name, description=description, replace=replace, rule=rule
             )
         finally:
-            staging.unlink(missing_ok=True)
+            if staging.exists():  # unlink of a missing file fails on a read-only disk
+                staging.unlink()
 
     def ingest_parquet(
         self,
@@ -368,18 +467,18 @@ class PipelineStore:
         """Load a Parquet file into `table_name` and record its checkpoint, in one transaction.
 
         A `fingerprint` and `row_count` computed beforehand from the same file (outside the
-        lock) are trusted for a replace; an append always recomputes them from the table.
+        lock) are trusted for a replace; otherwise they are computed from the new table in
+        the same connection (one scan of data DuckDB already holds, no second database).
         """
         validate_table_name(table_name)
         source = parquet_source(parquet_path)
-        if replace and (fingerprint is None or row_count is None):
-            fingerprint, row_count = fingerprint_parquet(parquet_path)
         quoted = quote_identifier(table_name)
         with self._write() as conn:
             if replace or not self._table_exists(conn, table_name):
                 conn.execute(f"CREATE OR REPLACE TABLE {quoted} AS SELECT * FROM {source}")
             else:
                 try:
+                    retype_null_columns(conn, quoted, source)
                     conn.execute(f"INSERT INTO {quoted} BY NAME SELECT * FROM {source}")
                 except Exception as exc:  # noqa: BLE001 - DuckDB raises several binder errors
                     first = str(exc).splitlines()[0][:200]
@@ -387,6 +486,8 @@ class PipelineStore:
                         f"cannot append to table '{table_name}': the new rows do not match its "
                         f"columns ({first}); save with replace=True to change the schema"
                     ) from None
+            if not replace or fingerprint is None or row_count is None:
+                # an append, including the first one, records the table's total
                 fingerprint, row_count = fingerprint_source(conn, quoted)
             schema = conn.sql(f"DESCRIBE {quoted}").fetchall()
             row = {
@@ -549,6 +650,7 @@ __all__ = [
     "StoreError",
     "StoreLockTimeout",
     "quote_identifier",
+    "retype_null_columns",
     "to_polars",
     "validate_table_name",
 ]

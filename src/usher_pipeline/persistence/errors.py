@@ -29,8 +29,20 @@ class StoreFileError(StoreError):
     """The database path is not a usable DuckDB file (a directory, unreadable, corrupt)."""
 
 
+class StoreDiskFull(StoreError, OSError):
+    """The disk filled up during a save; the save was rolled back, earlier commits are intact."""
+
+
 class TableNotFound(StoreError, KeyError):
     """An operation needs a table that the store does not hold."""
 
     def __str__(self) -> str:  # KeyError would quote the message
         return str(self.args[0]) if self.args else ""
+
+
+class SidecarError(UsherError, ValueError):
+    """A provenance sidecar that cannot be read as a JSON object."""
+
+
+class SidecarNotFound(SidecarError, FileNotFoundError):
+    """A provenance sidecar that does not exist (yet)."""

@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from usher_pipeline.persistence.errors import StoreLockTimeout
+from usher_pipeline.persistence.errors import StoreFileError, StoreLockTimeout
 
 _POLL_START = 0.002
 _POLL_MAX = 0.05
@@ -29,6 +29,7 @@ _POLL_MAX = 0.05
 _process_locks: dict[str, threading.RLock] = {}
 _process_depth: dict[str, int] = {}
 _registry_guard = threading.Lock()
+_WAITING = "waiting for "
 
 
 def _thread_lock(key: str) -> threading.RLock:
@@ -40,17 +41,25 @@ def _thread_lock(key: str) -> threading.RLock:
 
 
 def describe_holder(lock_path: Path) -> str:
-    """'PID 4121 (python on node01)' from the lock file, or '' when it names nobody."""
+    """'PID 4121 (python on node01)' from the lock file, or '' when it names nobody.
+
+    When the holder itself waits for a process outside the lock (a notebook holding the
+    DuckDB file), that process is named too: it is the one to close.
+    """
     try:
-        text = lock_path.read_text(encoding="utf-8", errors="replace").strip()
+        lines = lock_path.read_text(encoding="utf-8", errors="replace").strip().splitlines()
     except OSError:
         return ""
-    parts = text.split(" ", 2)
+    parts = lines[0].split(" ", 2) if lines else []
     if len(parts) < 2 or not parts[0].isdigit():
         return ""
     pid, host = parts[0], parts[1]
     command = os.path.basename(parts[2].split(" ", 1)[0]) if len(parts) > 2 else "unknown"
-    return f"PID {pid} ({command} on {host})"
+    who = f"PID {pid} ({command} on {host})"
+    waits = [line.removeprefix(_WAITING) for line in lines[1:] if line.startswith(_WAITING)]
+    if waits:
+        who += f", which is waiting for {waits[-1]} to close the database file"
+    return who
 
 
 class StoreLock:
@@ -59,6 +68,7 @@ class StoreLock:
     def __init__(self, db_path: Path, timeout: float) -> None:
         self.db_path = db_path
         self.path = db_path.with_name(db_path.name + ".lock")
+        self.gate_path = db_path.with_name(db_path.name + ".lock.gate")
         self.timeout = timeout
 
     def timeout_error(self, waited: float, holder: str = "") -> StoreLockTimeout:
@@ -89,9 +99,9 @@ class StoreLock:
                     _process_depth[key] -= 1
                 return
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+            fd = self._open(exclusive)
             try:
-                self._acquire(fd, exclusive, deadline, started)
+                self._pass_gate(fd, exclusive, deadline, started)
                 if exclusive:
                     self._write_holder(fd)
                 _process_depth[key] = 1
@@ -99,10 +109,60 @@ class StoreLock:
                     yield deadline
                 finally:
                     _process_depth[key] = 0
+                    if exclusive:  # a waiter must not name a holder that has left
+                        os.ftruncate(fd, 0)
             finally:
                 os.close(fd)  # closing releases the flock
         finally:
             thread_lock.release()
+
+    def _open(self, exclusive: bool, path: Path | None = None) -> int:
+        """A lock file's descriptor; a reader falls back to read-only on a read-only folder
+        (flock needs no write access), a writer gets a StoreFileError naming the folder."""
+        path = path or self.path
+        try:
+            return os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+        except OSError as exc:
+            if not exclusive and path.exists():
+                try:
+                    return os.open(path, os.O_RDONLY)
+                except OSError:
+                    pass
+            raise StoreFileError(
+                f"cannot open the lock file {path} ({exc.strerror}): make "
+                f"{path.parent} writable, or point duckdb_path at a writable folder"
+            ) from None
+
+    def _pass_gate(self, fd: int, exclusive: bool, deadline: float, started: float) -> None:
+        """Take the lock file `fd` through the gate file `<db>.lock.gate`.
+
+        Everyone holds the gate only while taking the lock, a writer exclusively: a waiting
+        writer thus stops new readers at the gate and gets in once the current ones finish.
+        Without it, readers that keep overlapping would hold the shared lock forever and
+        starve every writer.
+        """
+        try:
+            gate: int | None = self._open(exclusive, self.gate_path)
+        except StoreFileError:
+            if exclusive:
+                raise
+            gate = None  # a read-only folder without a gate: no writer can be waiting
+        try:
+            if gate is not None:
+                self._acquire(gate, exclusive, deadline, started)
+            self._acquire(fd, exclusive, deadline, started)
+        finally:
+            if gate is not None:
+                os.close(gate)
+
+    def note_waiting_for(self, who: str) -> None:
+        """Record in the lock file, which this process holds exclusively, the foreign process
+        it waits for, so that other waiters that give up name the real blocker."""
+        try:  # a second open file description: closing it leaves the flock in place
+            with open(self.path, "a", encoding="utf-8") as handle:
+                handle.write(f"{_WAITING}{who}\n")
+        except OSError:
+            pass
 
     def _acquire(self, fd: int, exclusive: bool, deadline: float, started: float) -> None:
         mode = (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH) | fcntl.LOCK_NB
@@ -120,7 +180,9 @@ class StoreLock:
 
     @staticmethod
     def _write_holder(fd: int) -> None:
-        command = " ".join(sys.argv[:2]) if sys.argv and sys.argv[0] else sys.executable
+        # `python -c` leaves '-c' in argv[0]: name the interpreter instead
+        script = sys.argv[0] if sys.argv and sys.argv[0] not in ("", "-c", "-m") else ""
+        command = " ".join([script, *sys.argv[1:2]]) if script else sys.executable
         line = f"{os.getpid()} {socket.gethostname()} {command or 'python'}\n".encode()
         os.ftruncate(fd, 0)
         os.pwrite(fd, line, 0)

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from usher_pipeline._io import read_json, write_json_atomic
+from usher_pipeline.persistence.errors import SidecarError, SidecarNotFound
 
 if TYPE_CHECKING:
     from usher_pipeline.config.schema import PipelineConfig
@@ -102,12 +103,21 @@ class ProvenanceTracker:
         """Read the sidecar of an output (or a sidecar path itself)."""
         target = sidecar_path(path)
         if not target.exists():
-            raise FileNotFoundError(
+            raise SidecarNotFound(
                 f"provenance sidecar {target} does not exist: run the workflow's provenance rule"
             )
-        data = read_json(target)
+        try:
+            data = read_json(target)
+        except (OSError, UnicodeDecodeError, ValueError) as exc:
+            raise SidecarError(
+                f"provenance sidecar {target} cannot be read ({type(exc).__name__}): "
+                "delete it and rerun the workflow's provenance rule"
+            ) from None
         if not isinstance(data, dict):
-            raise ValueError(f"provenance sidecar {target} is not a JSON object: regenerate it")
+            raise SidecarError(
+                f"provenance sidecar {target} is not a JSON object: delete it and rerun the "
+                "workflow's provenance rule"
+            )
         return data
 
     def save_to_store(self, store: PipelineStore, output_path: str | Path | None = None) -> None:
