@@ -3,6 +3,9 @@
 In `head` database mode jobs never open the database (DuckDB's locking is unreliable on
 network filesystems); a local rule on the submit host calls this for each table, recording
 the same `_checkpoints` row (description, rule, fingerprint, rows) the job would have.
+The sentinel must be the very file its step log describes (same SHA-256): a file replaced
+since, or a stale copy served by a network filesystem, is refused rather than recorded
+under the job's fingerprint.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from typing import Any
 
 from usher_pipeline._io import write_json_atomic
 from usher_pipeline.errors import UsherError
+from usher_pipeline.hashing import sha256_file
 from usher_pipeline.persistence.duckdb_store import PipelineStore
 from usher_pipeline.persistence.provenance import utc_now
 from usher_pipeline.workflow.steplog import load_steplog
@@ -40,6 +44,18 @@ def ingest_sentinel(
             f"{record.get('rule')}"
         )
     entry = entries[0]
+    if not target.is_file():
+        raise UsherError(
+            f"sentinel {target} does not exist on this host: rerun rule {record['rule']}, or "
+            "raise latency-wait if the shared filesystem is slow to show it"
+        )
+    digest = sha256_file(target)
+    if entry.get("sha256") and digest != entry["sha256"]:
+        raise UsherError(
+            f"sentinel {target} is not the file its step log {steplog} describes (SHA-256 "
+            f"{digest[:12]}, expected {entry['sha256'][:12]}): delete both and rerun rule "
+            f"{record['rule']}"
+        )
     row = store.ingest_parquet(
         target,
         entry["table"],
