@@ -74,12 +74,16 @@ def get_evidence_tables(wildcards):
 
 
 def get_final_outputs():
-    """What `rule all` asks for: reports, the run record and every sidecar."""
+    """The targets of the default run: reports, the run record and every sidecar, plus every
+    sentinel and step log, so that a resume re-makes one that a killed job left missing
+    (Snakemake skips a missing intermediate file whose dependents are up to date)."""
     return [
         USHER.final("candidate_tiers.tsv"),
         USHER.final("positive_controls.tsv"),
         USHER.run_record,
         *USHER.sidecars(),
+        *USHER.products(),
+        *USHER.steplogs(),
     ]
 
 

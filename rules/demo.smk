@@ -9,6 +9,8 @@ rule hpo_terms:
         steplog=USHER.steplog("hpo_terms"),
     log:
         USHER.log("hpo_terms", "hpo_terms"),
+    conda:
+        "../envs/usher_pipeline.yaml"
     script:
         "../scripts/hpo_terms.py"
 
@@ -22,6 +24,8 @@ rule known_usher_genes:
         steplog=USHER.steplog("known_usher_genes"),
     log:
         USHER.log("known_usher_genes", "known_usher_genes"),
+    conda:
+        "../envs/usher_pipeline.yaml"
     params:
         pattern=CFG.demo.usher_disease_pattern,
     script:
@@ -37,6 +41,8 @@ rule gene_universe:
         steplog=USHER.steplog("gene_universe"),
     log:
         USHER.log("gene_universe", "gene_universe"),
+    conda:
+        "../envs/usher_pipeline.yaml"
     params:
         min_valid_id_fraction=CFG.demo.min_valid_id_fraction,
         gene_limit=CFG.demo.gene_limit,
@@ -54,6 +60,8 @@ rule evidence:
         steplog=USHER.steplog("evidence_{layer}"),
     log:
         USHER.log("evidence", "evidence_{layer}"),
+    conda:
+        "../envs/usher_pipeline.yaml"
     params:
         layer=get_layer_params,
     script:
@@ -69,6 +77,8 @@ rule gene_evidence:
         steplog=USHER.steplog("gene_evidence"),
     log:
         USHER.log("gene_evidence", "gene_evidence"),
+    conda:
+        "../envs/usher_pipeline.yaml"
     params:
         layers=LAYERS,
     script:
@@ -83,6 +93,8 @@ rule gene_scores:
         steplog=USHER.steplog("gene_scores"),
     log:
         USHER.log("gene_scores", "gene_scores"),
+    conda:
+        "../envs/usher_pipeline.yaml"
     params:
         weights={name: layer.weight for name, layer in CFG.demo.layers.items()},
     script:
@@ -96,11 +108,21 @@ rule candidate_tiers:
     output:
         table=USHER.sentinel("candidate_tiers"),
         controls=USHER.sentinel("positive_controls"),
-        tsv=USHER.final("candidate_tiers.tsv"),
-        controls_tsv=USHER.final("positive_controls.tsv"),
+        tsv=report(
+            USHER.final("candidate_tiers.tsv"),
+            caption="../report/candidate_tiers.rst",
+            category="Candidates",
+        ),
+        controls_tsv=report(
+            USHER.final("positive_controls.tsv"),
+            caption="../report/positive_controls.rst",
+            category="Candidates",
+        ),
         steplog=USHER.steplog("candidate_tiers"),
     log:
         USHER.log("candidate_tiers", "candidate_tiers"),
+    conda:
+        "../envs/usher_pipeline.yaml"
     params:
         tiers=CFG.slice("demo.tiers")["demo.tiers"],
     script:

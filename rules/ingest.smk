@@ -11,5 +11,7 @@ rule ingest:
     log:
         USHER.log("ingest", "{table}"),
     localrule: True
+    conda:
+        "../envs/usher_pipeline.yaml"
     script:
         "../scripts/ingest.py"

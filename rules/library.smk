@@ -1,19 +1,31 @@
-# usher_pipeline rule library: shared state and helpers for any workflow that stores its
+# The usher_pipeline library of rules. Shared state and helpers for any workflow that stores its
 # results with usher_pipeline. Include this file first, register each table your rules
 # save (USHER.register(...)), then include provenance.smk last.
 #
 #   include: "<path to usher_pipeline>/rules/library.smk"
 #   USHER.register("my_table")                  # job saving results/tables/my_table.parquet
 #   include: "<path to usher_pipeline>/rules/provenance.smk"
+#
+# Or load the provenance rules as a module (rules/module.smk) after registering.
 
+
+import os
+import sys
+from pathlib import Path
 
 from usher_pipeline import __version__ as USHER_VERSION
 from usher_pipeline.hashing import sha256_json
 from usher_pipeline.workflow.layout import Layout
+from usher_pipeline.workflow.runguard import claim_workdir
 
+# The registry of tables lives in the config, which Snakemake hands to a module as the same
+# object: the rules of a `module` given `config: config` see what was registered here.
+USHER_REGISTRY = config.setdefault("_usher_registry", {"tables": {}, "files": {}})
 USHER = Layout(
     results_dir=str(config.get("results_dir", "results")),
     logs_dir=str(config.get("logs_dir", "logs")),
+    tables=USHER_REGISTRY["tables"],
+    files=USHER_REGISTRY["files"],
 )
 # Written by the workflow, read by the job helpers: what identifies this run's config.
 config.setdefault(
@@ -26,6 +38,22 @@ config.setdefault(
     },
 )
 USHER_DATABASE_MODE = str((config.get("store") or {}).get("database_mode", "job"))
+# The checkout that envs/usher_pipeline.yaml installs with `--sdm conda` (pip expands it).
+if workflow.current_basedir.is_local:
+    os.environ.setdefault(
+        "USHER_PIPELINE_ROOT",
+        str(Path(workflow.current_basedir.get_path_or_uri(secret_free=True)).parent),
+    )
+# Resume with the same command after a hard kill: the main process holds a run lock for its
+# lifetime, and Snakemake locks that no live run holds are cleared (see workflow/runguard.py).
+if workflow.is_main_process:
+    USHER_RUN_GUARD = claim_workdir(Path.cwd())
+    if USHER_RUN_GUARD is not None and USHER_RUN_GUARD.cleared:
+        print(
+            "usher_pipeline: removed the Snakemake locks left by a run that was killed "
+            f"({len(USHER_RUN_GUARD.cleared)} files in .snakemake/locks)",
+            file=sys.stderr,
+        )
 
 
 wildcard_constraints:

@@ -12,9 +12,16 @@ rule provenance:
     output:
         sidecars=USHER.sidecars(),
         run=USHER.run_record,
+        summary=report(
+            USHER.final("provenance_summary.html"),
+            caption="../report/provenance_summary.rst",
+            category="Provenance",
+        ),
     log:
         USHER.log("provenance", "provenance"),
     localrule: True
+    conda:
+        "../envs/usher_pipeline.yaml"
     params:
         pipeline_version=USHER_VERSION,
         config_hash=config["_usher"]["config_hash"],

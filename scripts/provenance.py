@@ -1,5 +1,7 @@
-"""Merge every step log into sidecars, the run-level record and the _provenance table."""
+"""Merge every step log into sidecars, the run-level record and the _provenance table, and
+summarise the run for `snakemake --report`."""
 
+from usher_pipeline.export.summary import write_summary
 from usher_pipeline.workflow.job import StoreSettings, job_logger, user_errors
 from usher_pipeline.workflow.merge import merge_provenance
 
@@ -14,3 +16,4 @@ with user_errors(log, "rule provenance"):
         store=StoreSettings.from_config(snakemake.config).store(),
         progress=log.info,
     )
+    write_summary(snakemake.output.run, snakemake.output.summary)

@@ -22,6 +22,7 @@ from usher_pipeline.hashing import sha256_json
 from usher_pipeline.persistence.duckdb_store import (
     PipelineStore,
     quote_identifier,
+    retype_null_columns,
     to_polars,
     write_parquet,
 )
@@ -116,6 +117,7 @@ class StoreLedger:
                 conn.execute(_BATCHES_DDL)
                 if PipelineStore._table_exists(conn, f"_partial_{self.table}"):
                     conn.execute(f"DELETE FROM {self.staging} WHERE _batch_id = ?", [batch_id])
+                    retype_null_columns(conn, self.staging, source)
                     conn.execute(f"INSERT INTO {self.staging} BY NAME SELECT * FROM {source}")
                 else:
                     conn.execute(f"CREATE TABLE {self.staging} AS SELECT * FROM {source}")
@@ -171,7 +173,8 @@ class FileLedger:
         if not batch_ids:
             return None
         return pl.concat(
-            [pl.read_parquet(self.folder / f"{b}.parquet") for b in batch_ids], how="vertical"
+            [pl.read_parquet(self.folder / f"{b}.parquet") for b in batch_ids],
+            how="vertical_relaxed",
         )
 
     def cleanup_in(self, conn: duckdb.DuckDBPyConnection | None) -> None:

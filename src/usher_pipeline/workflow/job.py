@@ -35,6 +35,7 @@ from usher_pipeline.persistence.duckdb_store import (
 from usher_pipeline.persistence.fingerprint import fingerprint_parquet
 from usher_pipeline.persistence.provenance import utc_now
 from usher_pipeline.workflow import steplog
+from usher_pipeline.workflow.faults import fault_point
 from usher_pipeline.workflow.fetch import (
     BatchLedger,
     FileLedger,
@@ -136,7 +137,11 @@ class Job:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: Any
     ) -> None:
         if exc is None:
-            self.finish()
+            try:
+                self.finish()
+            except UsherError as error:
+                self.log.error("%s", error)
+                raise SystemExit(f"rule {self.rule}: {error}") from None
             return
         if isinstance(exc, UsherError):
             self.log.error("%s", exc)
@@ -255,34 +260,42 @@ class Job:
         table = validate_table_name(sentinel.stem)
         frame = to_polars(df)
         sentinel.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale_temps(sentinel)
         tmp = temp_path_for(sentinel)
         committed_at = None
         try:
             write_parquet(frame, tmp)
-            fingerprint, rows = fingerprint_parquet(tmp)
+            fault_point("after_sentinel_temp_write", table)
             if self.settings.mode == "job":
                 store = self.settings.store()
                 ledger = self._ledgers.get(output)
                 with store.transaction() as tx:
-                    tx.ingest_parquet(
-                        tmp,
-                        table,
-                        description=description,
-                        rule=self.rule,
-                        sentinel=sentinel,
-                        fingerprint=fingerprint,
-                        row_count=rows,
+                    # fingerprinted from the new table in the same connection: one DuckDB
+                    # instance per save instead of two
+                    checkpoint = tx.ingest_parquet(
+                        tmp, table, description=description, rule=self.rule, sentinel=sentinel
                     )
+                    fingerprint, rows = checkpoint["fingerprint"], checkpoint["row_count"]
                     if ledger is not None:
                         with tx.connect() as conn:
                             ledger.cleanup_in(conn)
+                    fault_point("inside_transaction", table)
                 committed_at = utc_now()
                 self.log.info("committed table %s (%d rows) to %s", table, rows, store.db_path)
+            else:
+                fingerprint, rows = fingerprint_parquet(tmp)
+            fault_point("after_commit_before_rename", table)
             os.replace(tmp, sentinel)
+            fault_point("after_rename_before_steplog", table)
         finally:
-            tmp.unlink(missing_ok=True)
+            if tmp.exists():  # unlink of a missing file fails on a read-only disk
+                tmp.unlink()
         if self.settings.mode == "head" and output in self._ledgers:
             self._ledgers[output].cleanup_in(None)
+            try:  # the last fetch to finish leaves no empty .partial folder behind
+                (sentinel.parent / ".partial").rmdir()
+            except OSError:
+                pass  # another table's batches are still there
         entry = steplog.describe_file(
             output,
             sentinel,
@@ -373,6 +386,24 @@ class Job:
             target,
         )
         return target
+
+
+def remove_stale_temps(target: Path) -> list[Path]:
+    """Delete temporary files of `target` whose writer no longer runs (a job killed mid-save);
+    Snakemake runs one job per output at a time, so no live writer's file is touched."""
+    removed = []
+    for path in target.parent.glob(f".{target.name}.*.tmp"):
+        pid = path.name[len(target.name) + 2 :].split(".", 1)[0]
+        if not pid.isdigit() or int(pid) == os.getpid():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            path.unlink(missing_ok=True)
+            removed.append(path)
+        except OSError:
+            pass  # alive, under another user
+    return removed
 
 
 def job_logger(name: str, log_path: str | Path | None) -> logging.Logger:

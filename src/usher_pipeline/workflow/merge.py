@@ -76,15 +76,14 @@ class Lineage:
 
     def ancestors(self, job: int) -> frozenset[int]:
         """Every job upstream of `job`, itself included."""
-        for node in self.order:  # parents come first, so one pass fills the memo
-            if node in self._ancestors:
-                continue
+        # parents come first in the order, so the memo is filled by walking it once, resuming
+        # where the previous call stopped (linear in the number of jobs over all calls)
+        while job not in self._ancestors:
+            node = self.order[len(self._ancestors)]
             found = {node}
             for parent in self.parents[node]:
                 found |= self._ancestors[parent]
             self._ancestors[node] = frozenset(found)
-            if node == job:
-                break
         return self._ancestors[job]
 
     def lineage(self, job: int) -> list[int]:
@@ -154,9 +153,7 @@ def merge_provenance(
         write_json_atomic(run_record, run)
         rows.append((str(run_record), run))
     if store is not None:
-        with store.transaction():
-            for output_path, metadata in rows:
-                store.record_provenance(run_id, output_path, metadata)
+        store.record_provenance_many(run_id, rows)
     seconds = time.monotonic() - started
     report(
         f"provenance: merged {len(records)} step logs into {len(sidecars)} sidecars "

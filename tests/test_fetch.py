@@ -1,0 +1,191 @@
+"""The resumable batched fetch: a crash costs only the batches not yet committed."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import duckdb
+import polars as pl
+import pytest
+
+from usher_pipeline.persistence import PipelineStore
+from usher_pipeline.workflow import Job, fetch_in_batches, mock_snakemake, plan_batches
+from usher_pipeline.workflow.fetch import AUDIT_VARIABLE, FileLedger, StoreLedger
+
+KEYS = list(range(100))
+BATCH = 10
+
+
+class Crash(RuntimeError):
+    """Stands in for a process dying in the middle of a fetch."""
+
+
+class Source:
+    """A fetch function that records every batch it is asked for and can fail on one."""
+
+    def __init__(self, fail_on: int | None = None) -> None:
+        self.calls: list[list[int]] = []
+        self.fail_on = fail_on
+
+    def __call__(self, batch: list[int]) -> pl.DataFrame:
+        if self.fail_on is not None and batch[0] == self.fail_on:
+            raise Crash(f"connection lost at key {batch[0]}")
+        self.calls.append(list(batch))
+        return pl.DataFrame({"key": batch, "value": [k * 3 for k in batch]})
+
+
+def expected_frame() -> pl.DataFrame:
+    return pl.DataFrame({"key": KEYS, "value": [k * 3 for k in KEYS]})
+
+
+def tables(db: Path) -> dict[str, int]:
+    with duckdb.connect(str(db), read_only=True) as conn:
+        names = [r[0] for r in conn.sql("SELECT table_name FROM duckdb_tables()").fetchall()]
+        return {n: conn.sql(f'SELECT count(*) FROM "{n}"').fetchall()[0][0] for n in names}
+
+
+# -- the helper on its own ---------------------------------------------------------------------
+
+
+def test_rerun_after_crash_fetches_only_the_remaining_batches(tmp_path):
+    store = PipelineStore(tmp_path / "store.duckdb", lock_timeout=30)
+    first = Source(fail_on=40)
+    with pytest.raises(Crash):
+        fetch_in_batches(KEYS, first, ledger=StoreLedger(store, "things"), batch_size=BATCH)
+    assert [c[0] for c in first.calls] == [0, 10, 20, 30]
+    assert len(StoreLedger(store, "things").committed()) == 4
+
+    second = Source()
+    frame, summary = fetch_in_batches(
+        KEYS, second, ledger=StoreLedger(store, "things"), batch_size=BATCH
+    )
+    assert [c[0] for c in second.calls] == [40, 50, 60, 70, 80, 90]
+    assert summary["batches_total"] == 10
+    assert summary["batches_resumed"] == 4
+    assert summary["batches_fetched"] == 6
+    assert frame.equals(expected_frame())
+
+
+def test_batch_ids_change_when_the_signature_changes(tmp_path):
+    same = plan_batches(KEYS, BATCH, "layer=hearing")
+    assert [bid for bid, _ in same] == [
+        bid for bid, _ in plan_batches(KEYS, BATCH, "layer=hearing")
+    ]
+    other = plan_batches(KEYS, BATCH, "layer=retina")
+    assert {bid for bid, _ in same}.isdisjoint(bid for bid, _ in other)
+    assert [chunk for _, chunk in same] == [chunk for _, chunk in other]
+
+    store = PipelineStore(tmp_path / "store.duckdb", lock_timeout=30)
+    with pytest.raises(Crash):
+        fetch_in_batches(
+            KEYS,
+            Source(fail_on=50),
+            ledger=StoreLedger(store, "things"),
+            batch_size=BATCH,
+            signature="layer=hearing",
+        )
+    changed = Source()
+    _, summary = fetch_in_batches(
+        KEYS, changed, ledger=StoreLedger(store, "things"), batch_size=BATCH, signature="new"
+    )
+    assert summary["batches_resumed"] == 0
+    assert len(changed.calls) == 10
+
+
+def test_progress_lines_report_batches_rate_and_eta(tmp_path):
+    lines: list[str] = []
+    store = PipelineStore(tmp_path / "store.duckdb", lock_timeout=30)
+    fetch_in_batches(
+        KEYS,
+        Source(),
+        ledger=StoreLedger(store, "things"),
+        batch_size=BATCH,
+        label="things",
+        progress=lines.append,
+    )
+    assert lines[0] == "things: 10 batches of up to 10 keys; 0 already committed, 10 to fetch"
+    assert lines[-1].startswith("things: 10/10 batches (100%), ")
+    assert "batches/s, ETA 0 s" in lines[-1]
+
+
+def test_audit_file_lists_each_fetch_and_commit(tmp_path, monkeypatch):
+    audit = tmp_path / "audit.txt"
+    monkeypatch.setenv(AUDIT_VARIABLE, str(audit))
+    store = PipelineStore(tmp_path / "store.duckdb", lock_timeout=30)
+    fetch_in_batches(
+        KEYS[:30], Source(), ledger=StoreLedger(store, "things"), batch_size=BATCH, label="things"
+    )
+    events = [line.split() for line in audit.read_text().splitlines()]
+    ids = [bid for bid, _ in plan_batches(KEYS[:30], BATCH, "")]
+    assert events == [[event, "things", bid] for bid in ids for event in ("fetched", "committed")]
+
+
+def test_batch_size_below_one_is_rejected():
+    with pytest.raises(ValueError, match="batch_size is 0: use a whole number of at least 1"):
+        plan_batches(KEYS, 0, "")
+
+
+# -- through a Job: partial state lives until the table is saved --------------------------------
+
+
+def fetch_job(tmp_path: Path, mode: str) -> object:
+    """The snakemake object of a job that fetches table `things`."""
+    return mock_snakemake(
+        "things",
+        output={
+            "table": tmp_path / "results/tables/things.parquet",
+            "steplog": tmp_path / "results/steplogs/things.json",
+        },
+        params={"source": "numbers"},
+        log=[tmp_path / "logs/things.log"],
+        config={
+            "duckdb_path": str(tmp_path / "results/pipeline.duckdb"),
+            "store": {"lock_timeout_seconds": 30, "database_mode": mode},
+        },
+    )
+
+
+def run_fetch_job(tmp_path: Path, mode: str, source: Source) -> None:
+    with Job(fetch_job(tmp_path, mode)) as job:
+        frame = job.fetch(KEYS, source, batch_size=BATCH)
+        job.save(frame, description="numbers and their triples")
+
+
+def test_job_partial_state_is_gone_after_the_save(tmp_path):
+    db = tmp_path / "results/pipeline.duckdb"
+    with pytest.raises(Crash):
+        run_fetch_job(tmp_path, "job", Source(fail_on=70))
+    before = tables(db)
+    assert before["_partial_things"] == 70
+    assert before["_fetch_batches"] == 7
+    assert "things" not in before
+    assert not (tmp_path / "results/steplogs/things.json").exists()
+
+    rerun = Source()
+    run_fetch_job(tmp_path, "job", rerun)
+    assert [c[0] for c in rerun.calls] == [70, 80, 90]
+    after = tables(db)
+    assert "_partial_things" not in after
+    assert after["_fetch_batches"] == 0
+    assert after["things"] == 100
+    saved = pl.read_parquet(tmp_path / "results/tables/things.parquet")
+    assert saved.equals(expected_frame())
+    log = (tmp_path / "logs/things.log").read_text()
+    assert "things: 10 batches of up to 10 keys; 7 already committed, 3 to fetch" in log
+    assert "things: 10/10 batches (100%)" in log
+
+
+def test_head_mode_partial_folder_is_gone_after_the_save(tmp_path):
+    partial = tmp_path / "results/tables/.partial/things"
+    with pytest.raises(Crash):
+        run_fetch_job(tmp_path, "head", Source(fail_on=30))
+    assert len(list(partial.glob("*.parquet"))) == 3
+    assert len(FileLedger(partial).committed()) == 3
+
+    rerun = Source()
+    run_fetch_job(tmp_path, "head", rerun)
+    assert [c[0] for c in rerun.calls] == [30, 40, 50, 60, 70, 80, 90]
+    assert not partial.exists()
+    assert not (tmp_path / "results/pipeline.duckdb").exists()
+    saved = pl.read_parquet(tmp_path / "results/tables/things.parquet")
+    assert saved.equals(expected_frame())
