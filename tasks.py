@@ -32,7 +32,7 @@ def run(*command: str | os.PathLike[str], **kwargs: object) -> None:
 
 def ensure_venv(extras: str) -> None:
     """Create .venv (once) and install the package with `extras` in editable mode."""
-    if sys.version_info < (3, 11):
+    if sys.version_info < (3, 11):  # noqa: UP036 - this script may be started by an older Python
         sys.exit(f"usher_pipeline needs Python 3.11 or newer, this is {sys.version.split()[0]}")
     if not (BIN / "python").exists():
         print(f"creating {VENV}", flush=True)
