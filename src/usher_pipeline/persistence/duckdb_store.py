@@ -14,7 +14,7 @@ import os
 import re
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
@@ -641,6 +641,31 @@ class PipelineStore:
                     json.dumps(metadata, sort_keys=True, default=str),
                 ],
             )
+
+    def record_provenance_many(
+        self, run_id: str, rows: Sequence[tuple[str, dict[str, Any]]]
+    ) -> int:
+        """Insert or update the `_provenance` rows of one run, given as (output path, metadata),
+        in one statement: the merge writes thousands, and one INSERT each gets slower as the
+        table grows. A path given twice keeps its last metadata. Returns the rows written."""
+        latest = dict(rows)
+        if not latest:
+            return 0
+        columns: list[list[Any]] = [[], [], [], [], []]
+        for output_path, metadata in latest.items():
+            columns[0].append(output_path)
+            columns[1].append(metadata.get("created_at"))
+            columns[2].append(metadata.get("pipeline_version"))
+            columns[3].append(metadata.get("config_hash"))
+            columns[4].append(json.dumps(metadata, sort_keys=True, default=str))
+        with self._write() as conn:
+            conn.execute(
+                f"INSERT OR REPLACE INTO {PROVENANCE} SELECT ?::VARCHAR, unnest(?::VARCHAR[]), "
+                "unnest(?::VARCHAR[]), unnest(?::VARCHAR[]), unnest(?::VARCHAR[]), "
+                "unnest(?::VARCHAR[])",
+                [run_id, *columns],
+            )
+        return len(latest)
 
 
 __all__ = [

@@ -1,0 +1,1 @@
+"""Fault-injection harness: kill the demo run at random instants and check that it converges."""

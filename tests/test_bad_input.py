@@ -1,0 +1,482 @@
+"""Bad input: every case fails with the exact kind of error and leaves committed data unchanged.
+
+Each test starts from a store that already holds the table `genes` and checks, after the bad
+call, that its fingerprint, its checkpoint and the list of tables are what they were. Cases
+that the store accepts (empty frames, nulls, nested types, decimals, dates, time zones,
+categoricals) check instead that the data come back as documented in docs/guarantees.md.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import shutil
+import subprocess
+from decimal import Decimal
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import polars as pl
+import pytest
+
+from usher_pipeline.config import ConfigError, load_config
+from usher_pipeline.errors import UsherError
+from usher_pipeline.persistence import PipelineStore, ProvenanceTracker
+from usher_pipeline.persistence.errors import (
+    InvalidFrame,
+    InvalidTableName,
+    SidecarError,
+    SidecarNotFound,
+    StoreFileError,
+    UnsupportedFrameType,
+)
+from usher_pipeline.workflow import Job, StepLogError, mock_snakemake
+from usher_pipeline.workflow.merge import merge_provenance
+
+REPO = Path(__file__).resolve().parents[1]
+GENES = pl.DataFrame({"gene": ["MYO7A", "USH2A", "CDH23"], "score": [0.9, 0.8, 0.7]})
+
+
+class Committed:
+    """A store holding `genes`, and what it looked like before the bad call."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.db = root / "store" / "pipeline.duckdb"
+        self.store = PipelineStore(self.db, lock_timeout=10)
+        self.fingerprint = self.store.save_dataframe(GENES, "genes")["fingerprint"]
+        self.checkpoint = self.store.get_checkpoint("genes")
+        self.tables = self.store.list_tables()
+
+    def assert_unchanged(self) -> None:
+        store = PipelineStore(self.db, lock_timeout=10)
+        assert store.fingerprint("genes") == self.fingerprint
+        assert store.get_checkpoint("genes") == self.checkpoint
+        assert store.list_tables() == self.tables
+        assert [r["table_name"] for r in store.list_checkpoints()] == ["genes"]
+
+
+@pytest.fixture
+def committed(tmp_path: Path) -> Committed:
+    return Committed(tmp_path)
+
+
+# -- table names -----------------------------------------------------------------------------
+
+BAD_NAMES = {
+    "space": "gene universe",
+    "single_quote": "gene's",
+    "double_quote": 'gene"s',
+    "sql_injection": "genes; DROP TABLE genes; --",
+    "sql_comment": "genes--",
+    "unicode_letter": "gènes",
+    "unicode_cjk": "基因",
+    "emoji": "genes_🧬",
+    "over_long": "g" * 64,
+    "reserved_checkpoints": "_checkpoints",
+    "reserved_provenance": "_provenance",
+    "reserved_partial": "_partial_genes",
+    "empty": "",
+    "leading_digit": "1genes",
+    "uppercase": "Genes",
+    "trailing_newline": "genes\n",
+    "dot": "main.genes",
+}
+
+
+@pytest.mark.parametrize("name", BAD_NAMES.values(), ids=BAD_NAMES.keys())
+def test_bad_table_name_is_refused(committed, name):
+    with pytest.raises(InvalidTableName) as error:
+        committed.store.save_dataframe(pl.DataFrame({"x": [1]}), name)
+    assert type(error.value) is InvalidTableName and "name" in str(error.value)
+    committed.assert_unchanged()
+
+
+@pytest.mark.parametrize("name", [None, 42, b"genes"], ids=["none", "int", "bytes"])
+def test_table_name_that_is_not_a_string_is_refused(committed, name):
+    with pytest.raises(InvalidTableName):
+        committed.store.save_dataframe(pl.DataFrame({"x": [1]}), name)
+    committed.assert_unchanged()
+
+
+def test_longest_allowed_name_is_accepted(committed):
+    committed.store.save_dataframe(pl.DataFrame({"x": [1]}), "g" * 63)
+    assert committed.store.fingerprint("genes") == committed.fingerprint
+
+
+# -- frames the store refuses ----------------------------------------------------------------
+
+REFUSED_FRAMES = {
+    "zero_columns": (lambda: pl.DataFrame(), InvalidFrame),
+    "pandas_zero_columns": (lambda: pd.DataFrame(), InvalidFrame),
+    "pandas_duplicate_columns": (
+        lambda: pd.DataFrame([[1, 2]], columns=["a", "a"]),
+        InvalidFrame,
+    ),
+    "columns_differing_in_case": (lambda: pl.DataFrame({"A": [1], "a": [2]}), InvalidFrame),
+    "empty_column_name": (lambda: pl.DataFrame({"": [1]}), InvalidFrame),
+    "nul_in_column_name": (lambda: pl.DataFrame({"a\x00b": [1]}), InvalidFrame),
+    "pandas_python_objects": (lambda: pd.DataFrame({"a": [object(), object()]}), InvalidFrame),
+    "polars_object_column": (
+        lambda: pl.DataFrame({"a": [object()]}, schema={"a": pl.Object}),
+        InvalidFrame,
+    ),
+    "pandas_mixed_types": (lambda: pd.DataFrame({"a": [1, "x"]}), InvalidFrame),
+    "duration": (lambda: pl.DataFrame({"a": [dt.timedelta(seconds=5)]}), InvalidFrame),
+    "duration_in_list": (lambda: pl.DataFrame({"a": [[dt.timedelta(seconds=5)]]}), InvalidFrame),
+    "pandas_timedelta": (lambda: pd.DataFrame({"a": pd.to_timedelta([1, 2], "s")}), InvalidFrame),
+    "int128": (lambda: pl.DataFrame({"a": pl.Series([2**100], dtype=pl.Int128)}), InvalidFrame),
+    "list_object": (lambda: [1, 2, 3], UnsupportedFrameType),
+    "dict_object": (lambda: {"a": [1]}, UnsupportedFrameType),
+    "numpy_array": (lambda: np.arange(3), UnsupportedFrameType),
+    "polars_series": (lambda: pl.Series("a", [1]), UnsupportedFrameType),
+}
+
+
+@pytest.mark.parametrize("case", REFUSED_FRAMES.values(), ids=REFUSED_FRAMES.keys())
+def test_frame_the_store_cannot_keep_is_refused(committed, case):
+    make, kind = case
+    with pytest.raises(kind) as error:
+        committed.store.save_dataframe(make(), "genes")
+    assert type(error.value) is kind and isinstance(error.value, UsherError)
+    assert "\n" not in str(error.value)  # one sentence
+    committed.assert_unchanged()
+
+
+def test_append_with_other_columns_is_refused(committed):
+    with pytest.raises(InvalidFrame):
+        committed.store.save_dataframe(pl.DataFrame({"other": [1]}), "genes", replace=False)
+    committed.assert_unchanged()
+
+
+# -- frames the store accepts, with the documented result -------------------------------------
+
+
+def roundtrip(committed: Committed, frame: object, name: str = "probe") -> pl.DataFrame:
+    """Save `frame` as a new table, check the committed table did not move, load it back."""
+    row = committed.store.save_dataframe(frame, name)
+    committed.store.fingerprint("genes")
+    assert committed.store.fingerprint("genes") == committed.fingerprint
+    assert committed.store.fingerprint(name) == row["fingerprint"]
+    return committed.store.load_dataframe(name)
+
+
+def test_empty_frame_is_allowed_and_keeps_its_schema(committed):
+    empty = pl.DataFrame(schema={"gene": pl.String, "score": pl.Float64, "n": pl.Int32})
+    back = roundtrip(committed, empty)
+    assert back.height == 0 and back.schema == empty.schema
+    assert committed.store.get_checkpoint("probe")["row_count"] == 0
+    committed.store.save_dataframe(
+        pl.DataFrame({"gene": ["X"], "score": [1.0], "n": [1]}), "probe", replace=False
+    )
+    assert committed.store.load_dataframe("probe").height == 1  # appends to the kept schema
+
+
+def test_null_only_columns_round_trip(committed):
+    frame = pl.DataFrame({"gene": ["A", "B"], "nothing": [None, None]})
+    back = roundtrip(committed, frame)
+    assert back.schema["nothing"] == pl.Null and back["nothing"].null_count() == 2
+    typed = pl.DataFrame({"x": pl.Series([None, None], dtype=pl.Int16)})
+    assert roundtrip(committed, typed, "typed").schema["x"] == pl.Int16
+
+
+def test_pandas_all_none_column_becomes_strings_of_nulls(committed):
+    back = roundtrip(committed, pd.DataFrame({"a": [None, None]}))
+    assert back.schema["a"] == pl.String and back["a"].null_count() == 2
+
+
+def test_nested_lists_and_structs_round_trip(committed):
+    frame = pl.DataFrame(
+        {
+            "terms": [["HP:0000365", "HP:0000479"], [], None],
+            "hit": [{"term": "HP:0000365", "depth": 3}, None, {"term": None, "depth": 1}],
+            "deep": [[[1, 2], [3]], [[]], None],
+        }
+    )
+    assert roundtrip(committed, frame).equals(frame)
+
+
+def test_fixed_size_arrays_load_back_as_lists(committed):
+    frame = pl.DataFrame({"a": pl.Series([[1, 2], [3, 4]], dtype=pl.Array(pl.Int64, 2))})
+    back = roundtrip(committed, frame)
+    assert back.schema["a"] == pl.List(pl.Int64)
+    assert back["a"].to_list() == [[1, 2], [3, 4]]
+
+
+def test_decimals_round_trip_exactly(committed):
+    values = [Decimal("1.25"), Decimal("-99999999.99"), None]
+    frame = pl.DataFrame({"d": pl.Series(values, dtype=pl.Decimal(10, 2))})
+    back = roundtrip(committed, frame)
+    assert back.schema["d"] == pl.Decimal(10, 2) and back["d"].to_list() == values
+
+
+def test_dates_and_naive_datetimes_round_trip(committed):
+    frame = pl.DataFrame(
+        {
+            "day": [dt.date(1900, 1, 1), dt.date(2026, 11, 29), None],
+            "at": [dt.datetime(1970, 1, 1), dt.datetime(2026, 11, 29, 12, 30, 1, 123456), None],
+            "clock": [dt.time(0, 0), dt.time(23, 59, 59, 999999), None],
+        }
+    )
+    assert roundtrip(committed, frame).equals(frame)
+
+
+def test_time_zone_aware_datetimes_keep_their_instant_and_load_in_utc(committed):
+    paris = pl.DataFrame(
+        {"at": [dt.datetime(2026, 3, 29, 1, 30), dt.datetime(2026, 10, 25, 2, 30)]}
+    ).with_columns(pl.col("at").dt.replace_time_zone("Europe/Paris", ambiguous="earliest"))
+    back = roundtrip(committed, paris)
+    assert back.schema["at"] == pl.Datetime("us", "UTC")
+    assert back["at"].to_list() == paris["at"].dt.convert_time_zone("UTC").to_list()
+
+
+def test_pandas_time_zone_column_keeps_its_instant(committed):
+    frame = pd.DataFrame({"at": pd.to_datetime(["2026-01-01 12:00"]).tz_localize("US/Eastern")})
+    back = roundtrip(committed, frame)
+    assert back["at"][0] == dt.datetime(2026, 1, 1, 17, 0, tzinfo=dt.UTC)
+
+
+@pytest.mark.parametrize(
+    "column",
+    [
+        pl.Series("tier", ["HIGH", "LOW", None, "HIGH"], dtype=pl.Categorical),
+        pl.Series("tier", ["HIGH", "LOW", None, "HIGH"], dtype=pl.Enum(["HIGH", "MEDIUM", "LOW"])),
+    ],
+    ids=["categorical", "enum"],
+)
+def test_categoricals_load_back_as_their_strings(committed, column):
+    back = roundtrip(committed, column.to_frame())
+    assert back.schema["tier"] == pl.String
+    assert back["tier"].to_list() == ["HIGH", "LOW", None, "HIGH"]
+
+
+def test_pandas_categorical_loads_back_as_strings(committed):
+    back = roundtrip(committed, pd.DataFrame({"tier": pd.Categorical(["HIGH", "LOW", "HIGH"])}))
+    assert back["tier"].to_list() == ["HIGH", "LOW", "HIGH"]
+
+
+def test_column_names_with_spaces_quotes_and_unicode_round_trip(committed):
+    frame = pl.DataFrame({"gene symbol": ["A"], 'say "hi"': [1], "gène": [2.0], "it's": [True]})
+    assert roundtrip(committed, frame).equals(frame)
+
+
+# -- config ------------------------------------------------------------------------------------
+
+VALID = (REPO / "config" / "config.yaml").read_text()
+
+
+def config_case(tmp_path: Path, text: str | None) -> Path:
+    path = tmp_path / "config.yaml"
+    if text is not None:
+        path.write_text(text)
+    return path
+
+
+CONFIG_CASES = {
+    "missing_file": (None, "does not exist"),
+    "yaml_syntax_error": ("versions: {ensembl_release: 113\nscoring: [", "not valid YAML"),
+    "empty_file": ("", "empty"),
+    "top_level_list": ("- a\n- b\n", "mapping"),
+    "unknown_key": (VALID + "\nsurprise: 1\n", "surprise"),
+    "misspelt_nested_key": (VALID.replace("max_retries", "max_retry"), "max_retry"),
+    "wrong_type": (
+        VALID.replace("ensembl_release: 113", "ensembl_release: latest"),
+        "ensembl_release",
+    ),
+    "weights_do_not_sum_to_one": (VALID.replace("gnomad: 0.20", "gnomad: 0.30"), "sum to"),
+    "layer_weights_do_not_sum_to_one": (VALID.replace("weight: 0.4", "weight: 0.5"), "sum to"),
+    "negative_rate_limit": (
+        VALID.replace("rate_limit_per_second: 5", "rate_limit_per_second: -5"),
+        "rate_limit_per_second",
+    ),
+    "negative_lock_timeout": (
+        VALID.replace("lock_timeout_seconds: 120.0", "lock_timeout_seconds: -1"),
+        "lock_timeout_seconds",
+    ),
+    "negative_weight": (
+        VALID.replace("gnomad: 0.20", "gnomad: -0.20").replace("gtex_version", "gtex_version"),
+        "gnomad",
+    ),
+    "ensembl_release_below_100": (
+        VALID.replace("ensembl_release: 113", "ensembl_release: 99"),
+        "ensembl_release",
+    ),
+    "bad_database_mode": (
+        VALID.replace("database_mode: job", "database_mode: both"),
+        "database_mode",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", CONFIG_CASES.values(), ids=CONFIG_CASES.keys())
+def test_bad_config_is_refused_with_the_reason(committed, tmp_path, case):
+    text, words = case
+    path = config_case(tmp_path, text)
+    assert text is None or text != VALID
+    with pytest.raises(ConfigError) as error:
+        load_config(path)
+    assert type(error.value) is ConfigError
+    message = str(error.value)
+    assert str(path) in message and words in message
+    committed.assert_unchanged()
+
+
+def test_the_shipped_config_is_valid():
+    assert load_config(REPO / "config" / "config.yaml").versions.ensembl_release >= 100
+
+
+# -- the store's file ------------------------------------------------------------------------
+
+
+def test_store_path_that_is_a_directory_is_refused(committed, tmp_path):
+    folder = tmp_path / "adir.duckdb"
+    folder.mkdir()
+    with pytest.raises(StoreFileError) as error:
+        PipelineStore(folder)
+    assert str(folder) in str(error.value)
+    committed.assert_unchanged()
+
+
+def test_store_file_that_is_not_duckdb_is_refused_and_left_alone(committed, tmp_path):
+    path = tmp_path / "notes.duckdb"
+    path.write_text("gene\tscore\nMYO7A\t0.9\n")
+    with pytest.raises(StoreFileError) as error:
+        PipelineStore(path).list_checkpoints()
+    assert str(path) in str(error.value)
+    with pytest.raises(StoreFileError):
+        PipelineStore(path).save_dataframe(GENES, "genes")
+    assert path.read_text() == "gene\tscore\nMYO7A\t0.9\n"
+    committed.assert_unchanged()
+
+
+@pytest.mark.parametrize("keep", [0.5, 4096, 100], ids=["half", "header_only", "100_bytes"])
+def test_truncated_store_file_is_reported_not_misread(committed, tmp_path, keep):
+    copy = tmp_path / "copy.duckdb"
+    shutil.copy(committed.db, copy)
+    size = copy.stat().st_size
+    os.truncate(copy, int(size * keep) if isinstance(keep, float) else keep)
+    with pytest.raises(StoreFileError) as error:
+        store = PipelineStore(copy)
+        store.load_dataframe("genes")
+        store.save_dataframe(GENES, "more")  # a truncation that spares the table's pages
+    assert str(copy) in str(error.value) and "repair" in str(error.value)
+    committed.assert_unchanged()
+
+
+@pytest.fixture
+def read_only_store(committed):
+    """The committed store's folder bind-mounted read-only over itself (root only)."""
+    folder = committed.db.parent
+    steps = [
+        ["mount", "--bind", str(folder), str(folder)],
+        ["mount", "-o", "remount,bind,ro", str(folder)],
+    ]
+    for step in steps:
+        done = subprocess.run(step, capture_output=True, text=True)
+        if done.returncode != 0:
+            pytest.fail(f"cannot make {folder} read-only ({done.stderr.strip()}): run as root")
+    try:
+        yield committed
+    finally:
+        subprocess.run(["umount", str(folder)], check=True)
+
+
+def test_store_on_a_read_only_folder_refuses_writes_and_still_reads(read_only_store):
+    committed = read_only_store
+    store = PipelineStore(committed.db, lock_timeout=5)
+    with pytest.raises(StoreFileError) as error:
+        store.save_dataframe(pl.DataFrame({"x": [1]}), "genes")
+    assert str(committed.db.parent) in str(error.value) and "writable" in str(error.value)
+    with pytest.raises(StoreFileError):
+        store.delete_checkpoint("genes")
+    assert store.load_dataframe("genes").sort("gene").equals(GENES.sort("gene"))
+    assert store.fingerprint("genes") == committed.fingerprint
+
+
+def test_store_in_a_folder_that_cannot_be_created_is_refused(read_only_store):
+    target = read_only_store.db.parent / "sub" / "pipeline.duckdb"
+    with pytest.raises(StoreFileError) as error:
+        PipelineStore(target)
+    assert str(target.parent) in str(error.value)
+
+
+# -- provenance inputs -------------------------------------------------------------------------
+
+
+def job_steplog(root: Path, table: str, db: Path) -> Path:
+    """Run a real job saving `table`; its step log path."""
+    steplog = root / "results" / "steplogs" / f"{table}.json"
+    smk = mock_snakemake(
+        "make",
+        output={"table": root / "results" / "tables" / f"{table}.parquet", "steplog": steplog},
+        config={"duckdb_path": str(db), "store": {"lock_timeout_seconds": 10}},
+    )
+    with Job(smk) as job:
+        job.save(GENES)
+    return steplog
+
+
+def merge(steplogs: list[Path], committed: Committed) -> dict:
+    return merge_provenance(
+        steplogs,
+        pipeline_version="test",
+        config_hash=None,
+        data_source_versions={},
+        store=committed.store,
+    )
+
+
+@pytest.mark.parametrize(
+    "damage",
+    ["missing", "not_json", "truncated_json", "not_a_steplog", "lacks_outputs"],
+)
+def test_bad_step_log_stops_the_merge_naming_the_file(committed, tmp_path, damage):
+    good = job_steplog(tmp_path, "good", committed.db)
+    committed.tables = committed.store.list_tables()
+    committed.checkpoint = committed.store.get_checkpoint("genes")
+    bad = job_steplog(tmp_path, "bad", committed.db)
+    committed.tables = committed.store.list_tables()
+    text = bad.read_text()
+    if damage == "missing":
+        bad.unlink()
+    elif damage == "not_json":
+        bad.write_text("rule: bad\n")
+    elif damage == "truncated_json":
+        bad.write_text(text[: len(text) // 2])
+    elif damage == "not_a_steplog":
+        bad.write_text(json.dumps({"hello": "world"}))
+    else:
+        record = json.loads(text)
+        del record["outputs"]
+        bad.write_text(json.dumps(record))
+    with pytest.raises(StepLogError) as error:
+        merge([good, bad], committed)
+    assert str(bad) in str(error.value)
+    sidecar = tmp_path / "results" / "tables" / "good.provenance.json"
+    assert not sidecar.exists()  # nothing half-merged
+    assert committed.store.execute_query("SELECT count(*) AS n FROM _provenance")["n"][0] == 0
+    assert committed.store.fingerprint("genes") == committed.fingerprint
+
+
+@pytest.mark.parametrize("damage", ["missing", "not_json", "not_an_object", "binary"])
+def test_bad_sidecar_is_reported_naming_the_file(committed, tmp_path, damage):
+    output = tmp_path / "out.parquet"
+    sidecar = tmp_path / "out.provenance.json"
+    ProvenanceTracker("test").save_sidecar(output)
+    assert ProvenanceTracker.load_sidecar(output)["pipeline_version"] == "test"
+    expected = SidecarError
+    if damage == "missing":
+        sidecar.unlink()
+        expected = SidecarNotFound
+    elif damage == "not_json":
+        sidecar.write_text("{not json")
+    elif damage == "not_an_object":
+        sidecar.write_text("[1, 2]")
+    else:
+        sidecar.write_bytes(b"\xff\xfe\x00garbage")
+    with pytest.raises(expected) as error:
+        ProvenanceTracker.load_sidecar(output)
+    assert str(sidecar) in str(error.value)
+    committed.assert_unchanged()
