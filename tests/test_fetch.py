@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import duckdb
@@ -189,3 +193,40 @@ def test_head_mode_partial_folder_is_gone_after_the_save(tmp_path):
     assert not (tmp_path / "results/pipeline.duckdb").exists()
     saved = pl.read_parquet(tmp_path / "results/tables/things.parquet")
     assert saved.equals(expected_frame())
+
+
+def test_job_killed_between_commit_and_steplog_fetches_nothing_again(tmp_path):
+    """The batches outlive the save until the step log is written: a job SIGKILLed after its
+    commit (Snakemake then reruns it) finds every batch committed and fetches none."""
+    script = f"""
+import polars as pl
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from usher_pipeline.workflow import Job, mock_snakemake
+tmp = Path({str(tmp_path)!r})
+smk = mock_snakemake(
+    "things",
+    output={{"table": tmp / "results/tables/things.parquet",
+             "steplog": tmp / "results/steplogs/things.json"}},
+    params={{"source": "numbers"}},
+    config={{"duckdb_path": str(tmp / "results/pipeline.duckdb")}},
+)
+with Job(smk) as job:
+    frame = job.fetch(list(range(100)), lambda keys: pl.DataFrame({{"key": keys}}), batch_size=10)
+    job.save(frame)
+"""
+    env = {**os.environ, "USHER_FAULT_POINT": "after_rename_before_steplog"}
+    killed = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True)
+    assert killed.returncode == -signal.SIGKILL
+    assert not (tmp_path / "results/steplogs/things.json").exists()
+    assert tables(tmp_path / "results/pipeline.duckdb")["_fetch_batches"] == 10
+
+    rerun = Source()
+    with Job(fetch_job(tmp_path, "job")) as job:
+        frame = job.fetch(list(range(100)), rerun, batch_size=10)
+        job.save(frame, description="numbers")
+    assert rerun.calls == []
+    assert "_partial_things" not in tables(tmp_path / "results/pipeline.duckdb")

@@ -16,6 +16,28 @@ def temp_path_for(target: Path) -> Path:
     return target.with_name(f".{target.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
 
 
+def remove_stale_temps(target: Path, suffixes: tuple[str, ...] = (".tmp",)) -> list[Path]:
+    """Delete hidden temporary files `.<target name>.<pid>.*<suffix>` whose writing process no
+    longer runs (a job killed mid-write). Snakemake never runs two jobs for one output at a
+    time, so no live writer's file is touched."""
+    removed = []
+    prefix = f".{target.name}."
+    for path in target.parent.glob(f"{prefix}*"):
+        if not path.name.endswith(suffixes):
+            continue
+        pid = path.name[len(prefix) :].split(".", 1)[0]
+        if not pid.isdigit() or int(pid) == os.getpid():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            path.unlink(missing_ok=True)
+            removed.append(path)
+        except OSError:
+            pass  # alive, under another user
+    return removed
+
+
 @contextmanager
 def atomic_path(target: str | Path) -> Iterator[Path]:
     """Yield a temporary path; rename it onto `target` only if the block succeeds."""

@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from usher_pipeline._io import atomic_path
+from usher_pipeline._io import atomic_path, remove_stale_temps
 from usher_pipeline.hashing import sha256_json
 from usher_pipeline.persistence.duckdb_store import (
     PipelineStore,
@@ -89,6 +89,8 @@ class StoreLedger:
     def __init__(self, store: PipelineStore, table: str) -> None:
         self.store = store
         self.table = table
+        # staging files of batches whose job was killed mid-commit
+        remove_stale_temps(store.db_path, (".batch.parquet", ".ingest.parquet"))
         self.staging = quote_identifier(f"_partial_{table}")
 
     def committed(self) -> set[str]:

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from usher_pipeline._io import temp_path_for, write_json_atomic
+from usher_pipeline._io import remove_stale_temps, temp_path_for, write_json_atomic
 from usher_pipeline.errors import UsherError
 from usher_pipeline.hashing import canonical_json, sha256_json
 from usher_pipeline.persistence.duckdb_store import (
@@ -268,7 +268,6 @@ class Job:
             fault_point("after_sentinel_temp_write", table)
             if self.settings.mode == "job":
                 store = self.settings.store()
-                ledger = self._ledgers.get(output)
                 with store.transaction() as tx:
                     # fingerprinted from the new table in the same connection: one DuckDB
                     # instance per save instead of two
@@ -276,9 +275,6 @@ class Job:
                         tmp, table, description=description, rule=self.rule, sentinel=sentinel
                     )
                     fingerprint, rows = checkpoint["fingerprint"], checkpoint["row_count"]
-                    if ledger is not None:
-                        with tx.connect() as conn:
-                            ledger.cleanup_in(conn)
                     fault_point("inside_transaction", table)
                 committed_at = utc_now()
                 self.log.info("committed table %s (%d rows) to %s", table, rows, store.db_path)
@@ -290,12 +286,6 @@ class Job:
         finally:
             if tmp.exists():  # unlink of a missing file fails on a read-only disk
                 tmp.unlink()
-        if self.settings.mode == "head" and output in self._ledgers:
-            self._ledgers[output].cleanup_in(None)
-            try:  # the last fetch to finish leaves no empty .partial folder behind
-                (sentinel.parent / ".partial").rmdir()
-            except OSError:
-                pass  # another table's batches are still there
         entry = steplog.describe_file(
             output,
             sentinel,
@@ -380,6 +370,7 @@ class Job:
         target = self.output(STEPLOG_OUTPUT)
         write_json_atomic(target, self.steplog_record())
         self._finished = True
+        self._drop_fetch_batches()
         self.log.info(
             "finished in %.2f s; step log %s",
             time.perf_counter() - self._t0,
@@ -387,23 +378,23 @@ class Job:
         )
         return target
 
+    def _drop_fetch_batches(self) -> None:
+        """Remove the committed fetch batches once the step log is written.
 
-def remove_stale_temps(target: Path) -> list[Path]:
-    """Delete temporary files of `target` whose writer no longer runs (a job killed mid-save);
-    Snakemake runs one job per output at a time, so no live writer's file is touched."""
-    removed = []
-    for path in target.parent.glob(f".{target.name}.*.tmp"):
-        pid = path.name[len(target.name) + 2 :].split(".", 1)[0]
-        if not pid.isdigit() or int(pid) == os.getpid():
-            continue
-        try:
-            os.kill(int(pid), 0)
-        except ProcessLookupError:
-            path.unlink(missing_ok=True)
-            removed.append(path)
-        except OSError:
-            pass  # alive, under another user
-    return removed
+        They are kept until then, not dropped with the save, so that a job killed between
+        its commit and its step log (Snakemake then reruns it) still finds every batch and
+        fetches nothing again.
+        """
+        for output, ledger in self._ledgers.items():
+            if self.settings.mode == "job":
+                with self.settings.store().transaction() as tx, tx.connect() as conn:
+                    ledger.cleanup_in(conn)
+            else:
+                ledger.cleanup_in(None)
+                try:  # the last fetch to finish leaves no empty .partial folder behind
+                    (self.output(output).parent / ".partial").rmdir()
+                except OSError:
+                    pass  # another table's batches are still there
 
 
 def job_logger(name: str, log_path: str | Path | None) -> logging.Logger:
