@@ -1,0 +1,1284 @@
+#!/usr/bin/env python3
+"""Side-by-side benchmarks of usher_pipeline against plain Snakemake with Parquet outputs.
+
+    .venv/bin/python benchmarks/run.py            every case, 3 repetitions (about 20 min)
+    .venv/bin/python benchmarks/run.py --quick    tiny sizes, 1 repetition (a smoke run)
+
+Each case runs its variants alternately in every repetition, so that noise on a shared machine
+hits both sides alike; the table reports the ratio library/baseline as the median of the
+repetitions, with min and max. Snakemake cases are real runs of generated workflows below the
+work directory (default benchmarks/work/, git-ignored); in-process cases run in a fresh
+subprocess each, which also reports its peak RSS. The results go to stdout, to
+benchmarks/RESULTS.md (with the machine and versions) and, raw, to <work>/results.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+BENCH = ROOT / "benchmarks"
+PYTHON = sys.executable
+SNAKEMAKE = str(Path(sys.executable).with_name("snakemake"))
+MB = 1024 * 1024
+
+
+# --------------------------------------------------------------------------------------------
+# sizes
+
+
+@dataclass(frozen=True)
+class Sizes:
+    """How big each case is; --quick shrinks everything to a smoke run."""
+
+    repeats: int = 3
+    small_jobs: int = 100  # source jobs; as many derived jobs read them
+    small_rows: int = 1_000
+    lock_jobs: int = 100
+    lock_compute: float = 0.5
+    big_rows: int = 10_000_000
+    merge_small: int = 1_000
+    merge_large: int = 10_000
+    dryrun_jobs: int = 1_000
+    demo_gene_limit: int | None = None
+    import_repeats: int = 15
+    load_repeats: int = 3  # runs of each load variant per repetition (short, so noisy)
+
+
+FULL = Sizes()
+QUICK = Sizes(
+    repeats=1,
+    small_jobs=2,
+    small_rows=100,
+    lock_jobs=2,
+    lock_compute=0.05,
+    big_rows=100_000,
+    merge_small=50,
+    merge_large=500,
+    dryrun_jobs=20,
+    demo_gene_limit=400,
+    import_repeats=2,
+    load_repeats=1,
+)
+
+
+# --------------------------------------------------------------------------------------------
+# results
+
+
+GROUP_HINTS = (
+    ("import of", "import"),
+    ("snakemake -n", "dryrun"),
+    ("provenance merge", "merge"),
+    ("rows x 6", "big_frame"),
+    ("rerun of the demo", "demo_restart"),
+    ("small jobs", "small_jobs"),
+    ("store lock", "lock"),
+)
+
+
+@dataclass
+class Row:
+    """One line of the results table: a ratio of library to baseline over the repetitions."""
+
+    case: str
+    compared: str
+    target: str
+    limit: float | None
+    ratios: list[float] = field(default_factory=list)
+    cpu_ratios: list[float] = field(default_factory=list)
+    seconds: dict[str, list[float]] = field(default_factory=dict)
+    rss_mb: dict[str, float] = field(default_factory=dict)
+    extra: str = ""
+    ok_extra: bool = True
+    group: str = ""  # the case (key of CASES) that measured it
+
+    def add(self, ratio: float) -> None:
+        self.ratios.append(ratio)
+
+    def time(self, variant: str, seconds: float) -> None:
+        self.seconds.setdefault(variant, []).append(seconds)
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.ratios) if self.ratios else float("nan")
+
+    @property
+    def met(self) -> bool:
+        return (
+            bool(self.ratios)
+            and self.ok_extra
+            and (self.limit is None or self.median <= self.limit)
+        )
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Row:
+        """A row read back from results.json (rows written without a group get it from their
+        case text)."""
+        names = set(cls.__dataclass_fields__)
+        fields = {k: v for k, v in data.items() if k in names}
+        if "limit" not in fields:  # the number in a target such as '<= 1.4, ...'
+            number = data["target"].removeprefix("<= ").split(",")[0]
+            fields["limit"] = float(number) if number.replace(".", "", 1).isdigit() else None
+        row = cls(**fields)
+        if not row.group:
+            row.group = next((g for hint, g in GROUP_HINTS if hint in row.case), "")
+        return row
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "group": self.group,
+            "limit": self.limit,
+            "cpu_ratios": self.cpu_ratios,
+            "ok_extra": self.ok_extra,
+            "case": self.case,
+            "compared": self.compared,
+            "target": self.target,
+            "ratios": self.ratios,
+            "median": self.median,
+            "seconds": self.seconds,
+            "rss_mb": self.rss_mb,
+            "extra": self.extra,
+            "met": self.met,
+        }
+
+
+def fmt_seconds(values: list[float]) -> str:
+    return f"{statistics.median(values):.2f}" if values else "-"
+
+
+def table(rows: list[Row]) -> str:
+    """The Markdown table of ratios."""
+    lines = [
+        "| case | compared with | ratio median | min | max | target | met | median seconds"
+        " (library / baseline) | CPU ratio | peak RSS MB | notes |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for row in rows:
+        names = list(row.seconds)
+        secs = " / ".join(f"{n} {fmt_seconds(row.seconds[n])}" for n in names)
+        rss = ", ".join(f"{n} {v:.0f}" for n, v in row.rss_mb.items()) or "-"
+        if row.ratios:
+            stats = f"{row.median:.3f} | {min(row.ratios):.3f} | {max(row.ratios):.3f}"
+        else:
+            stats = "- | - | -"
+        cpu = f"{statistics.median(row.cpu_ratios):.3f}" if row.cpu_ratios else "-"
+        lines.append(
+            f"| {row.case} | {row.compared} | {stats} | {row.target} | "
+            f"{'yes' if row.met else 'NO'} | {secs} | {cpu} | {rss} | {row.extra} |"
+        )
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------------------------
+# helpers
+
+
+def fresh(path: Path) -> Path:
+    """An empty directory at `path`."""
+    if path.exists():
+        shutil.rmtree(path)
+    path.mkdir(parents=True)
+    return path
+
+
+def bench_env(**extra: str) -> dict[str, str]:
+    """The environment of every benchmark subprocess: the venv first on PATH, no profile."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SNAKEMAKE_")}
+    env["PATH"] = f"{Path(PYTHON).parent}{os.pathsep}{env.get('PATH', '')}"
+    env.update(extra)
+    return env
+
+
+CPU: dict[str, float] = {}  # CPU seconds of the last run of each workflow folder
+ON_REP: Callable[[list[Row]], None] = lambda rows: None  # noqa: E731 - set by main()
+
+
+def run_snakemake(workdir: Path, *args: str, env: dict[str, str] | None = None) -> float:
+    """Run Snakemake in `workdir` and return its wall time; fail loudly with its log.
+
+    The CPU time of Snakemake and every job it ran (user + system, from wait4) is kept in
+    CPU[str(workdir)]: unlike wall time it hardly moves when the machine is busy.
+    """
+    log = workdir / "snakemake.out"
+    command = [SNAKEMAKE, "--snakefile", str(workdir / "Snakefile"), "--directory", str(workdir)]
+    command += ["--cores", "2", "--nocolor", *args]
+    started = time.perf_counter()
+    with open(log, "w") as out:
+        process = subprocess.Popen(
+            command, stdout=out, stderr=subprocess.STDOUT, env=env or bench_env()
+        )
+        _, status, usage = os.wait4(process.pid, 0)
+        process.returncode = os.waitstatus_to_exitcode(status)
+    seconds = time.perf_counter() - started
+    CPU[str(workdir)] = usage.ru_utime + usage.ru_stime
+    if process.returncode != 0:
+        tail = log.read_text(errors="replace")[-3000:]
+        raise RuntimeError(f"snakemake failed in {workdir} (exit {process.returncode}):\n{tail}")
+    return seconds
+
+
+def worker(name: str, **kwargs: Any) -> dict[str, Any]:
+    """Run one in-process measurement in a fresh interpreter; returns its JSON report."""
+    result = subprocess.run(
+        [PYTHON, str(Path(__file__).resolve()), "--worker", name, json.dumps(kwargs)],
+        capture_output=True,
+        text=True,
+        env=bench_env(),
+    )
+    if result.returncode != 0:
+        raise RuntimeError(f"worker {name} failed:\n{result.stderr[-3000:]}")
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def peak_rss_mb() -> float:
+    """Peak resident set size of this process so far (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+# --------------------------------------------------------------------------------------------
+# generated workflows: a source rule and a rule reading it, with or without the library
+
+LIB_SOURCE = """\
+import polars as pl
+
+from usher_pipeline.workflow import Job
+
+with Job(snakemake) as job:
+    i = int(snakemake.wildcards.i)
+    n = int(snakemake.params.rows)
+    frame = pl.DataFrame(
+        {
+            "id": pl.int_range(i * n, (i + 1) * n, eager=True),
+            "value": [float(k % 97) / 7 for k in range(n)],
+            "label": [f"gene_{i}_{k}" for k in range(n)],
+        }
+    )
+    job.save(frame, description="source")
+"""
+
+LIB_DERIVED = """\
+import polars as pl
+
+from usher_pipeline.workflow import Job
+
+with Job(snakemake) as job:
+    frame = job.read("table")
+    job.save(frame.with_columns((pl.col("value") * 2).alias("doubled")), description="derived")
+"""
+
+PLAIN_SOURCE = """\
+import polars as pl
+
+i = int(snakemake.wildcards.i)
+n = int(snakemake.params.rows)
+frame = pl.DataFrame(
+    {
+        "id": pl.int_range(i * n, (i + 1) * n, eager=True),
+        "value": [float(k % 97) / 7 for k in range(n)],
+        "label": [f"gene_{i}_{k}" for k in range(n)],
+    }
+)
+frame.write_parquet(snakemake.output.table)
+"""
+
+PLAIN_DERIVED = """\
+import polars as pl
+
+frame = pl.read_parquet(snakemake.input.table)
+frame.with_columns((pl.col("value") * 2).alias("doubled")).write_parquet(snakemake.output.table)
+"""
+
+LIB_BUSY = """\
+import time
+
+import polars as pl
+
+from usher_pipeline.workflow import Job
+
+with Job(snakemake) as job:
+    deadline = time.process_time() + float(snakemake.params.compute)
+    total = 0
+    while time.process_time() < deadline:
+        total += sum(range(1000))
+    i = int(snakemake.wildcards.i)
+    frame = pl.DataFrame({"id": pl.int_range(i * 1000, (i + 1) * 1000, eager=True)})
+    job.save(frame.with_columns(pl.lit(total).alias("work")), description="busy")
+"""
+
+
+def library_snakefile(
+    jobs: int, mode: str, *, busy: float | None = None, resource_lock: bool = False
+) -> str:
+    """A workflow written as a user of the library would: library.smk, register, provenance.smk."""
+    head = f'''\
+configfile: "config.yaml"
+
+
+include: "{ROOT}/rules/library.smk"
+
+
+N = {jobs}
+for _i in range(N):
+    USHER.register(f"src_{{_i}}")
+'''
+    if busy is None:
+        head += '    USHER.register(f"derived_{_i}")\n'
+    head += f'''
+
+include: "{ROOT}/rules/provenance.smk"
+
+
+wildcard_constraints:
+    i=r"\\d+",
+
+
+'''
+    targets = "derived" if busy is None else "src"
+    markers = "USHER.ingest_markers()" if mode == "head" else "[]"
+    body = f'''\
+rule all:
+    default_target: True
+    input:
+        [USHER.sentinel(f"{targets}_{{i}}") for i in range(N)],
+        {markers},
+
+
+rule source:
+    output:
+        table=USHER.sentinel("src_{{i}}"),
+        steplog=USHER.steplog("src_{{i}}"),
+    log:
+        USHER.log("source", "src_{{i}}"),
+    params:
+'''
+    if busy is None:
+        body += """\
+        rows=config["bench_rows"],
+    script:
+        "source.py"
+
+
+rule derived:
+    input:
+        table=USHER.sentinel("src_{i}"),
+    output:
+        table=USHER.sentinel("derived_{i}"),
+        steplog=USHER.steplog("derived_{i}"),
+    log:
+        USHER.log("derived", "derived_{i}"),
+    script:
+        "derived.py"
+"""
+    else:
+        body += '        compute=config["bench_compute"],\n'
+        if resource_lock:
+            body += "    resources:\n        duckdb_writer=1,\n"
+        body += '    script:\n        "busy.py"\n'
+    return head + body
+
+
+def plain_snakefile(jobs: int) -> str:
+    """The same DAG written without the library: polars read_parquet / write_parquet."""
+    return f"""\
+configfile: "config.yaml"
+
+N = {jobs}
+
+
+wildcard_constraints:
+    i=r"\\d+",
+
+
+rule all:
+    default_target: True
+    input:
+        [f"results/tables/derived_{{i}}.parquet" for i in range(N)],
+
+
+rule source:
+    output:
+        table="results/tables/src_{{i}}.parquet",
+    params:
+        rows=config["bench_rows"],
+    script:
+        "source.py"
+
+
+rule derived:
+    input:
+        table="results/tables/src_{{i}}.parquet",
+    output:
+        table="results/tables/derived_{{i}}.parquet",
+    script:
+        "derived.py"
+"""
+
+
+def write_workflow(
+    folder: Path, kind: str, jobs: int, rows: int, mode: str = "job", **kw: Any
+) -> Path:
+    """Create a fresh workflow directory of `kind` ('library', 'plain' or 'busy')."""
+    fresh(folder)
+    config = {
+        "results_dir": "results",
+        "logs_dir": "logs",
+        "duckdb_path": "results/pipeline.duckdb",
+        "store": {"database_mode": mode, "lock_timeout_seconds": 3600.0},
+        "bench_rows": rows,
+        "bench_compute": kw.get("compute", 0.0),
+    }
+    (folder / "config.yaml").write_text(json.dumps(config, indent=2))
+    if kind == "plain":
+        (folder / "Snakefile").write_text(plain_snakefile(jobs))
+        (folder / "source.py").write_text(PLAIN_SOURCE)
+        (folder / "derived.py").write_text(PLAIN_DERIVED)
+    elif kind == "library":
+        (folder / "Snakefile").write_text(library_snakefile(jobs, mode))
+        (folder / "source.py").write_text(LIB_SOURCE)
+        (folder / "derived.py").write_text(LIB_DERIVED)
+    else:
+        snakefile = library_snakefile(
+            jobs, "job", busy=kw["compute"], resource_lock=kw.get("resource_lock", False)
+        )
+        (folder / "Snakefile").write_text(snakefile)
+        (folder / "busy.py").write_text(LIB_BUSY)
+    return folder
+
+
+def check_tables(folder: Path, expected: int) -> None:
+    """The library run committed every table (guards against measuring a broken run)."""
+    import duckdb
+
+    with duckdb.connect(str(folder / "results" / "pipeline.duckdb"), read_only=True) as conn:
+        count = conn.sql("SELECT count(*) FROM _checkpoints").fetchall()[0][0]
+    if count != expected:
+        raise RuntimeError(f"{folder}: {count} checkpoints, expected {expected}")
+
+
+# --------------------------------------------------------------------------------------------
+# cases
+
+
+def case_small_jobs(work: Path, sizes: Sizes) -> list[Row]:
+    """100 + 100 small jobs: plain vs library (job mode) vs library (head-node ingest)."""
+    n, rows = sizes.small_jobs, sizes.small_rows
+    job = Row(
+        f"{n} + {n} small jobs, database written by jobs",
+        "plain polars read/write_parquet",
+        "<= 1.4",
+        1.4,
+    )
+    head = Row(
+        f"{n} + {n} small jobs, head-node ingest",
+        "plain polars read/write_parquet",
+        "<= 1.1",
+        1.1,
+    )
+    order = [("plain", "job", "head"), ("head", "job", "plain"), ("job", "plain", "head")]
+    for rep in range(sizes.repeats):
+        seconds: dict[str, float] = {}
+        cpu: dict[str, float] = {}
+        for variant in order[rep % len(order)]:
+            folder = work / "small_jobs" / variant
+            kind = "plain" if variant == "plain" else "library"
+            write_workflow(folder, kind, n, rows, mode=variant if kind == "library" else "job")
+            seconds[variant] = run_snakemake(folder)
+            cpu[variant] = CPU[str(folder)]
+            if kind == "library":
+                check_tables(folder, 2 * n)
+        for row, variant in ((job, "job"), (head, "head")):
+            row.add(seconds[variant] / seconds["plain"])
+            row.cpu_ratios.append(cpu[variant] / cpu["plain"])
+            row.time("library", seconds[variant])
+            row.time("plain", seconds["plain"])
+        print(f"  small jobs rep {rep + 1}: {seconds}", flush=True)
+        ON_REP([job, head])
+    return [job, head]
+
+
+def case_lock(work: Path, sizes: Sizes) -> list[Row]:
+    """Jobs with compute, writers serialised by the store's lock vs a Snakemake resource."""
+    n, compute = sizes.lock_jobs, sizes.lock_compute
+    row = Row(
+        f"{n} jobs x {compute} s compute, store lock",
+        "whole jobs serialised by resource duckdb_writer=1",
+        "<= 0.6",
+        0.6,
+    )
+    for rep in range(sizes.repeats):
+        seconds: dict[str, float] = {}
+        cpu: dict[str, float] = {}
+        for variant in ("lock", "resource") if rep % 2 == 0 else ("resource", "lock"):
+            folder = work / "lock" / variant
+            write_workflow(
+                folder, "busy", n, 0, compute=compute, resource_lock=variant == "resource"
+            )
+            extra = ("--resources", "duckdb_writer=1") if variant == "resource" else ()
+            seconds[variant] = run_snakemake(folder, *extra)
+            cpu[variant] = CPU[str(folder)]
+            check_tables(folder, n)
+        row.add(seconds["lock"] / seconds["resource"])
+        row.cpu_ratios.append(cpu["lock"] / cpu["resource"])
+        row.time("lock", seconds["lock"])
+        row.time("resource", seconds["resource"])
+        print(f"  lock rep {rep + 1}: {seconds}", flush=True)
+        ON_REP([row])
+    return [row]
+
+
+def case_big_frame(work: Path, sizes: Sizes) -> list[Row]:
+    """Save 10M rows x 6 columns and read them back, each variant in a fresh process."""
+    folder = fresh(work / "big")
+    data = folder / "frame.parquet"
+    info = worker("make_frame", path=str(data), rows=sizes.big_rows)
+    frame_mb = info["frame_mb"]
+    label = f"{sizes.big_rows:,} rows x 6"
+    save = Row(
+        f"save {label} (Job.save: table, sentinel, fingerprint)",
+        "bare DuckDB CREATE TABLE AS SELECT * FROM df",
+        "<= 1.15",
+        1.15,
+    )
+    parquet = Row(f"save {label} (Job.save)", "polars write_parquet alone", "report", None)
+    rss_limit = 1.5 * frame_mb + 300
+    memory = Row(
+        f"save {label}: peak RSS of the saving process",
+        f"1.5 x frame ({frame_mb:.0f} MB) + 300 MB = {rss_limit:.0f} MB",
+        "<= 1.0",
+        1.0,
+    )
+    load = Row(f"load_dataframe of {label}", "bare DuckDB SELECT * into polars", "<= 1.1", 1.1)
+    read = Row(
+        f"downstream read of the {label} sentinel (Job.read)", "polars read_parquet", "<= 1.1", 1.1
+    )
+    for rep in range(sizes.repeats):
+        results: dict[str, dict[str, Any]] = {}
+        variants = ["store", "bare_duckdb", "polars_parquet"]
+        for variant in variants if rep % 2 == 0 else variants[::-1]:
+            out = fresh(folder / variant)
+            results[variant] = worker("save", variant=variant, data=str(data), out=str(out))
+        db = folder / "store" / "results" / "pipeline.duckdb"
+        sentinel = folder / "store" / "results" / "tables" / "big.parquet"
+        bare_db = folder / "bare_duckdb" / "bare.duckdb"
+        loads = ["load_dataframe", "bare_select", "job_read", "read_parquet"]
+        runs: dict[str, list[dict[str, Any]]] = {v: [] for v in loads}
+        for inner in range(sizes.load_repeats):
+            for variant in loads if (rep + inner) % 2 == 0 else loads[::-1]:
+                runs[variant].append(
+                    worker(
+                        "load",
+                        variant=variant,
+                        db=str(db),
+                        bare_db=str(bare_db),
+                        sentinel=str(sentinel),
+                    )
+                )
+        for variant, reports in runs.items():  # the median run of each variant
+            results[variant] = sorted(reports, key=lambda r: r["seconds"])[len(reports) // 2]
+        t = {k: v["seconds"] for k, v in results.items()}
+        c = {k: v["cpu"] for k, v in results.items()}
+        save.cpu_ratios.append(c["store"] / c["bare_duckdb"])
+        parquet.cpu_ratios.append(c["store"] / c["polars_parquet"])
+        load.cpu_ratios.append(c["load_dataframe"] / c["bare_select"])
+        read.cpu_ratios.append(c["job_read"] / c["read_parquet"])
+        save.add(t["store"] / t["bare_duckdb"])
+        parquet.add(t["store"] / t["polars_parquet"])
+        memory.add(results["store"]["peak_rss_mb"] / rss_limit)
+        load.add(t["load_dataframe"] / t["bare_select"])
+        read.add(t["job_read"] / t["read_parquet"])
+        for r, a, b in (
+            (save, "store", "bare_duckdb"),
+            (parquet, "store", "polars_parquet"),
+            (load, "load_dataframe", "bare_select"),
+            (read, "job_read", "read_parquet"),
+        ):
+            r.time(a, t[a])
+            r.time(b, t[b])
+            for v in (a, b):
+                r.rss_mb[v] = max(r.rss_mb.get(v, 0.0), results[v]["peak_rss_mb"])
+        memory.rss_mb["store"] = max(
+            memory.rss_mb.get("store", 0.0), results["store"]["peak_rss_mb"]
+        )
+        print(f"  big frame rep {rep + 1}: {t}", flush=True)
+        ON_REP([save, parquet, memory, load, read])
+    memory.extra = f"frame {frame_mb:.0f} MB (polars estimated_size)"
+    return [save, parquet, memory, load, read]
+
+
+def case_merge(work: Path, sizes: Sizes) -> list[Row]:
+    """Provenance merge of synthetic step logs, small vs large (linear growth)."""
+    small, large = sizes.merge_small, sizes.merge_large
+    growth = Row(
+        f"provenance merge of {large:,} step logs",
+        f"merge of {small:,} step logs",
+        f"<= {large / small * 1.2:.0f}",
+        large / small * 1.2,
+    )
+    absolute = Row(f"provenance merge of {small:,} step logs", "3 s", "<= 1.0", 1.0)
+    for n in (small, large):
+        worker("make_steplogs", folder=str(work / "merge" / str(n)), n=n)
+    for rep in range(sizes.repeats):
+        t, c = {}, {}
+        for n in (small, large) if rep % 2 == 0 else (large, small):
+            report = worker("merge", folder=str(work / "merge" / str(n)), n=n)
+            t[n], c[n] = report["seconds"], report["cpu"]
+        growth.add(t[large] / t[small])
+        growth.cpu_ratios.append(c[large] / c[small])
+        growth.time(str(large), t[large])
+        growth.time(str(small), t[small])
+        absolute.add(t[small] / 3.0)
+        absolute.time(str(small), t[small])
+        print(f"  merge rep {rep + 1}: {t}", flush=True)
+        ON_REP([growth, absolute])
+    return [growth, absolute]
+
+
+def case_dryrun(work: Path, sizes: Sizes) -> list[Row]:
+    """`snakemake -n` of the same DAG written with the library's rules and without."""
+    n = sizes.dryrun_jobs // 2
+    row = Row(
+        f"snakemake -n of a {2 * n}-job DAG, library rules",
+        "plain Snakefile, same DAG",
+        "<= 1.3",
+        1.3,
+    )
+    folders = {
+        "library": write_workflow(work / "dryrun" / "library", "library", n, 10),
+        "plain": write_workflow(work / "dryrun" / "plain", "plain", n, 10),
+    }
+    for rep in range(sizes.repeats):
+        t = {}
+        cpu: dict[str, float] = {}
+        for variant in ("library", "plain") if rep % 2 == 0 else ("plain", "library"):
+            t[variant] = run_snakemake(folders[variant], "-n")
+            cpu[variant] = CPU[str(folders[variant])]
+            out = (folders[variant] / "snakemake.out").read_text()
+            if "total" not in out:
+                raise RuntimeError(f"dry run of {variant} printed no job table")
+        row.add(t["library"] / t["plain"])
+        row.cpu_ratios.append(cpu["library"] / cpu["plain"])
+        row.time("library", t["library"])
+        row.time("plain", t["plain"])
+        print(f"  dry-run rep {rep + 1}: {t}", flush=True)
+        ON_REP([row])
+    return [row]
+
+
+def copy_demo(folder: Path, sizes: Sizes) -> Path:
+    """A copy of the demo workflow (Snakefile, rules, scripts, config) in a fresh folder."""
+    fresh(folder)
+    shutil.copy2(ROOT / "Snakefile", folder / "Snakefile")
+    for sub in ("rules", "scripts", "config", "envs", "report", "resources"):
+        if (ROOT / sub).is_dir():
+            shutil.copytree(ROOT / sub, folder / sub)
+    return folder
+
+
+def demo_config(folder: Path, sizes: Sizes) -> None:
+    """Shrink the demo for a smoke run by editing the copied config."""
+    if sizes.demo_gene_limit is None:
+        return
+    path = folder / "config" / "config.yaml"
+    text = path.read_text()
+    text = text.replace("gene_limit: null", f"gene_limit: {sizes.demo_gene_limit}")
+    text = text.replace("batch_size: 250", "batch_size: 25")
+    path.write_text(text)
+
+
+def read_audit(path: Path) -> list[tuple[str, str, str]]:
+    if not path.exists():
+        return []
+    return [tuple(line.split()) for line in path.read_text().splitlines() if line.strip()]  # type: ignore[misc]
+
+
+def case_demo_restart(work: Path, sizes: Sizes) -> list[Row]:
+    """Kill the demo half-way through its fetches, rerun, compare with an uninterrupted run."""
+    row = Row(
+        "rerun of the demo after a kill at about half",
+        "the uninterrupted demo run",
+        "<= 0.6, no batch fetched twice",
+        0.6,
+    )
+    refetched_committed = 0
+    refetched_in_flight = 0
+    fetched_total = 0
+    for rep in range(sizes.repeats):
+        full = copy_demo(work / "demo" / "full", sizes)
+        demo_config(full, sizes)
+        full_audit = full / "fetch_audit.txt"
+        full_env = bench_env(USHER_FETCH_AUDIT=str(full_audit))
+        full_seconds = run_snakemake(full, "--rerun-incomplete", env=full_env)
+        full_cpu = CPU[str(full)]
+        batches = sum(1 for event, _, _ in read_audit(full_audit) if event == "committed")
+        killed = copy_demo(work / "demo" / "killed", sizes)
+        demo_config(killed, sizes)
+        audit = killed / "fetch_audit.txt"
+        env = bench_env(USHER_FETCH_AUDIT=str(audit))
+        command = [
+            SNAKEMAKE,
+            "--snakefile",
+            str(killed / "Snakefile"),
+            "--directory",
+            str(killed),
+            "--cores",
+            "2",
+            "--nocolor",
+            "--rerun-incomplete",
+        ]
+        with open(killed / "killed.out", "w") as out:
+            process = subprocess.Popen(
+                command, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True
+            )
+            # half of the demo's work is its fetch batches: kill once half are committed (a
+            # wall-clock point would drift with the machine's load)
+            while sum(1 for e, _, _ in read_audit(audit) if e == "committed") < batches / 2:
+                if process.poll() is not None:
+                    raise RuntimeError("the demo finished before the kill: nothing to measure")
+                time.sleep(0.02)
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+        before = read_audit(audit)
+        # the same command resumes: rules/library.smk clears the killed run's stale locks
+        rerun_seconds = run_snakemake(killed, "--rerun-incomplete", env=env)
+        row.cpu_ratios.append(CPU[str(killed)] / full_cpu)
+        after = read_audit(audit)[len(before) :]
+        committed_before = {(t, b) for e, t, b in before if e == "committed"}
+        fetched_before = {(t, b) for e, t, b in before if e == "fetched"}
+        fetched_after = [(t, b) for e, t, b in after if e == "fetched"]
+        refetched_committed += sum(1 for k in fetched_after if k in committed_before)
+        refetched_in_flight += sum(
+            1 for k in fetched_after if k in fetched_before and k not in committed_before
+        )
+        fetched_total += len(fetched_before) + len(fetched_after)
+        row.add(rerun_seconds / full_seconds)
+        row.time("rerun", rerun_seconds)
+        row.time("uninterrupted", full_seconds)
+        print(
+            f"  demo rep {rep + 1}: full {full_seconds:.2f} s, rerun {rerun_seconds:.2f} s, "
+            f"batches before kill {len(committed_before)}, after {len(fetched_after)}",
+            flush=True,
+        )
+        row.ok_extra = refetched_committed == 0
+        row.extra = (
+            f"committed batches fetched again: {refetched_committed}; batches in flight at the "
+            f"kill fetched again: {refetched_in_flight}; fetches in all: {fetched_total}"
+        )
+        ON_REP([row])
+    return [row]
+
+
+def case_import(work: Path, sizes: Sizes) -> list[Row]:
+    """Import time of the job helper (every job pays it), against bare Python and its deps."""
+    statements = {
+        "python": "pass",
+        "Job": "from usher_pipeline.workflow import Job",
+        "snakemake.script+polars": "import snakemake.script, polars",
+        "snakemake.script+polars+Job": (
+            "import snakemake.script, polars; from usher_pipeline.workflow import Job"
+        ),
+        "polars": "import polars",
+        "duckdb": "import duckdb",
+        "Job+polars+duckdb": "from usher_pipeline.workflow import Job; import polars, duckdb",
+    }
+    t: dict[str, list[float]] = {k: [] for k in statements}
+    for _ in range(sizes.import_repeats):
+        for name, statement in statements.items():
+            started = time.perf_counter()
+            subprocess.run([PYTHON, "-c", statement], check=True, env=bench_env())
+            t[name].append(time.perf_counter() - started)
+    base = statistics.median(t["python"])
+    row = Row(
+        "import of `from usher_pipeline.workflow import Job` (interpreter start subtracted)",
+        "import polars + import duckdb",
+        "report",
+        None,
+    )
+    job = statistics.median(t["Job"]) - base
+    deps = statistics.median(t["polars"]) + statistics.median(t["duckdb"]) - 2 * base
+    row.add(job / deps)
+    for name, values in t.items():
+        row.seconds[name] = values
+    in_job = statistics.median(t["snakemake.script+polars+Job"]) - statistics.median(
+        t["snakemake.script+polars"]
+    )
+    row.extra = (
+        f"Job {1000 * job:.0f} ms, polars {1000 * (statistics.median(t['polars']) - base):.0f} ms, "
+        f"duckdb {1000 * (statistics.median(t['duckdb']) - base):.0f} ms, all three "
+        f"{1000 * (statistics.median(t['Job+polars+duckdb']) - base):.0f} ms; "
+        f"interpreter {1000 * base:.0f} ms; in a job script, where Snakemake's preamble has "
+        "already imported snakemake.script and the script polars, Job adds "
+        f"{1000 * in_job:.0f} ms"
+    )
+    return [row]
+
+
+CASES: dict[str, Callable[[Path, Sizes], list[Row]]] = {  # cheap cases first
+    "import": case_import,
+    "dryrun": case_dryrun,
+    "merge": case_merge,
+    "big_frame": case_big_frame,
+    "demo_restart": case_demo_restart,
+    "small_jobs": case_small_jobs,
+    "lock": case_lock,
+}
+
+
+# --------------------------------------------------------------------------------------------
+# workers (fresh interpreters)
+
+
+def w_make_frame(path: str, rows: int) -> dict[str, Any]:
+    import polars as pl
+
+    i = pl.int_range(0, rows, dtype=pl.Int64, eager=True)
+    frame = pl.DataFrame({"id": i}).with_columns(
+        (pl.col("id").hash(7) % 1_000_000).cast(pl.Int64).alias("count"),
+        ((pl.col("id").hash(11) % 1_000_000_007).cast(pl.Float64) / 1e9).alias("score"),
+        (pl.col("id").cast(pl.Float64) * 0.5).alias("weight"),
+        pl.format("gene_{}", pl.col("id")).alias("gene"),
+        pl.format("chr{}", (pl.col("id") % 23 + 1)).alias("chrom"),
+    )
+    frame.write_parquet(path)
+    return {"frame_mb": frame.estimated_size() / MB}
+
+
+def w_save(variant: str, data: str, out: str) -> dict[str, Any]:
+    import duckdb  # noqa: F401 - imported before the clock starts, as in a warm job
+    import polars as pl
+
+    frame = pl.read_parquet(data)
+    folder = Path(out)
+    if variant == "store":
+        from usher_pipeline.workflow import Job
+        from usher_pipeline.workflow.testing import mock_snakemake
+
+        smk = mock_snakemake(
+            "save_big",
+            output={
+                "table": folder / "results" / "tables" / "big.parquet",
+                "steplog": folder / "results" / "steplogs" / "big.json",
+            },
+            log=[folder / "logs" / "big.log"],
+            config={"duckdb_path": str(folder / "results" / "pipeline.duckdb")},
+        )
+        started, cpu = time.perf_counter(), time.process_time()
+        with Job(smk) as job:
+            job.save(frame, description="benchmark frame")
+        seconds = time.perf_counter() - started
+    elif variant == "bare_duckdb":
+        import duckdb
+
+        started, cpu = time.perf_counter(), time.process_time()
+        conn = duckdb.connect(str(folder / "bare.duckdb"))
+        conn.execute("CREATE TABLE t AS SELECT * FROM frame")
+        conn.close()
+        seconds = time.perf_counter() - started
+    else:
+        started, cpu = time.perf_counter(), time.process_time()
+        frame.write_parquet(folder / "frame.parquet")
+        seconds = time.perf_counter() - started
+    cpu = time.process_time() - cpu
+    return {"seconds": seconds, "cpu": cpu, "peak_rss_mb": peak_rss_mb()}
+
+
+def w_load(variant: str, db: str, bare_db: str, sentinel: str) -> dict[str, Any]:
+    import duckdb
+    import polars as pl
+
+    if variant == "load_dataframe":
+        from usher_pipeline.persistence import PipelineStore
+
+        started, cpu = time.perf_counter(), time.process_time()
+        frame = PipelineStore(db).load_dataframe("big")
+    elif variant == "bare_select":
+        started, cpu = time.perf_counter(), time.process_time()
+        conn = duckdb.connect(db, read_only=True)
+        frame = conn.sql("SELECT * FROM big").pl()
+        conn.close()
+    elif variant == "job_read":
+        from usher_pipeline.workflow import Job
+        from usher_pipeline.workflow.testing import mock_snakemake
+
+        folder = Path(sentinel).parent.parent
+        smk = mock_snakemake(
+            "read_big",
+            input={"table": sentinel},
+            output={"steplog": folder / "steplogs" / "read_big.json"},
+            config={"duckdb_path": db},
+        )
+        job = Job(smk)
+        started, cpu = time.perf_counter(), time.process_time()
+        frame = job.read("table")
+    else:
+        started, cpu = time.perf_counter(), time.process_time()
+        frame = pl.read_parquet(sentinel)
+    seconds = time.perf_counter() - started
+    cpu = time.process_time() - cpu
+    return {"seconds": seconds, "cpu": cpu, "rows": frame.height, "peak_rss_mb": peak_rss_mb()}
+
+
+def synthetic_steplog(i: int, n: int) -> dict[str, Any]:
+    """Job 0 makes a universe; sources read it; each derived job reads one source."""
+    half = max(1, (n - 1) // 2)
+    name = "universe" if i == 0 else (f"src_{i}" if i <= half else f"derived_{i - half}")
+    inputs = []
+    if i > 0:
+        parent = "universe" if i <= half else f"src_{i - half}"
+        inputs.append(
+            {
+                "name": "table",
+                "path": f"results/tables/{parent}.parquet",
+                "sha256": "0" * 64,
+                "size": 1234,
+                "rows": 1000,
+            }
+        )
+    stamp = f"2026-11-29T20:{(i // 60) % 60:02d}:{i % 60:02d}.000000Z"
+    return {
+        "format": "usher_pipeline.steplog/1",
+        "rule": name.split("_")[0],
+        "wildcards": {"i": str(i)} if i else {},
+        "started_at": stamp,
+        "ended_at": stamp,
+        "duration_seconds": 0.5,
+        "inputs": inputs,
+        "outputs": [
+            {
+                "name": "table",
+                "path": f"results/tables/{name}.parquet",
+                "sha256": f"{i:064x}",
+                "size": 4321,
+                "rows": 1000,
+                "table": name,
+                "fingerprint": f"fp1:{i:032x}",
+                "description": "synthetic",
+                "committed_at": stamp,
+            }
+        ],
+        "params": {"rows": 1000},
+        "config_slice_hash": "1" * 64,
+        "config_hash": "2" * 64,
+        "data_sources": {"hpo": "2025-01-16"},
+        "software": {"python": "3.11", "usher_pipeline": "0.1.0"},
+        "host": "bench",
+        "pid": 1,
+        "scheduler": None,
+        "database": {"path": "results/pipeline.duckdb", "mode": "job"},
+        "log": [f"logs/{name}.log"],
+        "steps": [{"step_name": "compute", "timestamp": stamp, "details": {"kept": i}}],
+    }
+
+
+def w_make_steplogs(folder: str, n: int) -> dict[str, Any]:
+    base = fresh(Path(folder))
+    logs = base / "results" / "steplogs"
+    logs.mkdir(parents=True)
+    for i in range(n):
+        (logs / f"job_{i}.json").write_text(json.dumps(synthetic_steplog(i, n), indent=2))
+    return {"n": n}
+
+
+def w_merge(folder: str, n: int) -> dict[str, Any]:
+    from usher_pipeline.persistence import PipelineStore
+    from usher_pipeline.workflow.merge import merge_provenance
+
+    base = Path(folder)
+    for path in (base / "results").glob("tables"):
+        shutil.rmtree(path)
+    (base / "results" / "pipeline.duckdb").unlink(missing_ok=True)
+    steplogs = [base / "results" / "steplogs" / f"job_{i}.json" for i in range(n)]
+    os.chdir(base)
+    started, cpu = time.perf_counter(), time.process_time()
+    summary = merge_provenance(
+        [str(p.relative_to(base)) for p in steplogs],
+        pipeline_version="0.1.0",
+        config_hash="2" * 64,
+        data_source_versions={"ensembl_release": 113},
+        run_record="results/provenance.json",
+        store=PipelineStore(base / "results" / "pipeline.duckdb"),
+        progress=lambda message: None,
+    )
+    seconds = time.perf_counter() - started
+    cpu = time.process_time() - cpu
+    if len(summary["sidecars"]) != n:
+        raise RuntimeError(f"merge wrote {len(summary['sidecars'])} sidecars for {n} step logs")
+    return {"seconds": seconds, "cpu": cpu, "peak_rss_mb": peak_rss_mb()}
+
+
+WORKERS: dict[str, Callable[..., dict[str, Any]]] = {
+    "make_frame": w_make_frame,
+    "save": w_save,
+    "load": w_load,
+    "make_steplogs": w_make_steplogs,
+    "merge": w_merge,
+}
+
+
+# --------------------------------------------------------------------------------------------
+# report
+
+
+def version(name: str) -> str:
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def machine() -> str:
+    """CPU, cores, memory, OS and the versions that matter."""
+    cpu = platform.processor() or "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 1024**3
+    packages = ["usher_pipeline", "snakemake", "duckdb", "polars", "pyarrow", "pandas"]
+    versions = ", ".join(f"{p} {version(p)}" for p in packages)
+    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+    return (
+        f"- machine: {cpu}, {os.cpu_count()} cores, {memory:.1f} GiB RAM, "
+        f"load average when written {load} (1, 5, 15 min), "
+        f"{platform.system()} {platform.release()}\n"
+        f"- Python {platform.python_version()}; {versions}"
+    )
+
+
+# What limits a target, shown under the table when it is missed (keys: part of the case).
+LIMITS: dict[str, str] = {
+    "small jobs, database written by jobs": (
+        "each library job pays, on top of the plain job, `import duckdb` (about 100 ms), one "
+        "open/commit/close of the database file under the store's lock (about 25 ms, and the "
+        "two parallel jobs queue for it), the fingerprint scan and the step log with the "
+        "SHA-256 of every input and output; a plain job here is only about 0.5 s of CPU "
+        "(interpreter, Snakemake's script preamble, polars), so these fixed costs weigh heavily."
+    ),
+    "small jobs, head-node ingest": (
+        "each table is loaded by its own local `ingest` job (rules/ingest.smk), a second Python "
+        "process per table: 200 more jobs than the plain workflow runs, each paying the "
+        "interpreter, Snakemake's preamble and `import duckdb`; the jobs also import DuckDB to "
+        "fingerprint their sentinel. Meeting 1.1 needs the ingest of all tables as one job (one "
+        "connection, one transaction) or as a `run:` block inside the Snakemake process."
+    ),
+    "peak RSS": (
+        "the peak comes from DuckDB, not from the library: when the connection closes, DuckDB "
+        "checkpoints the new table with its default of one thread per core and buffers the "
+        "row groups it compresses; the bare `CREATE TABLE ... AS SELECT * FROM df` peaks as "
+        "high. Measured while planning this run, `SET threads = 1` on the writing connection "
+        "kept the peak at 975 MB (under the limit) at the price of a single-threaded load."
+    ),
+    "Job.save: table": (
+        "the bare save writes no sentinel; `Job.save` also writes the sentinel Parquet with "
+        "polars (the 'polars write_parquet alone' row: about 1.3 s of the difference), then "
+        "loads that file with DuckDB's own reader, which is quicker than DuckDB scanning the "
+        "frame through pyarrow but does not make up for the whole write; the fingerprint scan "
+        "(about 0.3 s) and the SHA-256 of the sentinel (about 0.1 s) are small. Meeting 1.15 "
+        "needs the sentinel write to overlap the database load, which on two cores competes for "
+        "the same CPUs."
+    ),
+    "sentinel (Job.read)": (
+        "`Job.read` is `polars.read_parquet` of the same file plus a row count kept for the "
+        "step log, and its CPU ratio is about 1.0; a read of about one second moves with the "
+        "load of the shared machine, as the spread between min and max shows."
+    ),
+    "store lock": (
+        "with the lock both cores run a job each, so the ratio cannot fall below about 0.5; "
+        "on top of that comes Snakemake's own scheduling work, which in the serialised baseline "
+        "runs on the otherwise idle second core, and other processes on this shared machine "
+        "take more from the run that needs both cores. The lock itself is held for the commit "
+        "only (tens of milliseconds of a one-second job)."
+    ),
+    "rerun of the demo": (
+        "the rerun pays again Snakemake's start-up and DAG build, reading the HPO annotations "
+        "in every evidence job that was running at the kill, and every job downstream of it; "
+        "only the committed fetch batches are skipped."
+    ),
+}
+
+
+def write_results(
+    path: Path,
+    rows: list[Row],
+    sizes: Sizes,
+    started: str,
+    seconds: float,
+    quick: bool,
+    note: str = "",
+) -> None:
+    """RESULTS.md: how it was run, on what, the table and what limits any missed target."""
+    missed = [r for r in rows if r.limit is not None and not r.met]
+    notes = []
+    for row in missed:
+        key = next((k for k in LIMITS if k in row.case), None)
+        notes.append(
+            f"- **{row.case}**: {LIMITS[key] if key else 'missed; see the numbers above.'}"
+        )
+    shown, skip = [], False
+    for arg in sys.argv[1:]:  # the command as typed, without local paths
+        if not skip and arg not in ("--work", "--output"):
+            shown.append(arg)
+        skip = arg in ("--work", "--output")
+    command = "".join(f" {a}" for a in shown)
+    size_note = "" if quick else f" (loads: median of {sizes.load_repeats} runs per repetition)"
+    text = f"""\
+# Benchmark results
+
+Written by `.venv/bin/python benchmarks/run.py{command}` started {started}, {seconds / 60:.1f} min;
+{sizes.repeats} repetition(s) per case, variants alternated within each repetition{size_note}.
+{note}
+
+Ratios are library / baseline wall times (lower is better). The CPU ratio compares user +
+system CPU seconds (of Snakemake and every job it ran, from `wait4`, or of the measuring
+process): it hardly moves when other work shares the machine, while wall time does. Peak RSS
+is measured in a fresh subprocess per variant (`ru_maxrss`).
+
+{machine()}
+
+{table(rows)}
+
+## Notes
+
+{textwrap.dedent(NOTES).strip()}
+"""
+    if notes:
+        text += "\n## Targets missed and what limits them\n\n" + "\n".join(notes) + "\n"
+    path.write_text(text)
+
+
+NOTES = """
+- Small jobs: every library job runs `with Job(snakemake)`, reads its input sentinel,
+  commits its table and `_checkpoints` row under the store's lock, renames its sentinel into
+  place and writes its step log; the plain job reads and writes Parquet with polars. The
+  provenance merge is not requested (it is measured on its own below). In head-node mode the
+  jobs write no database and one local `ingest` job per table loads the sentinels.
+- Lock case: both sides use the library; the baseline adds `resources: duckdb_writer=1` to the
+  rule and runs with `--resources duckdb_writer=1`, so whole jobs run one at a time.
+- Big frame: the frame is read from a prepared Parquet file before the clock starts; the
+  library side is `with Job(...) as job: job.save(frame)` (table, `_checkpoints`, sentinel,
+  fingerprint, SHA-256, step log).
+- Demo restart: the demo is copied to the work directory, run once uninterrupted, then run
+  again from scratch and killed (SIGKILL to the whole process group) once half of its fetch
+  batches are committed; the rerun (the same command: the library clears the stale Snakemake
+  locks) is timed. USHER_FETCH_AUDIT records every fetched and committed batch.
+"""
+
+
+# --------------------------------------------------------------------------------------------
+# main
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--quick", action="store_true", help="tiny sizes, one repetition")
+    parser.add_argument("--repeats", type=int, help="repetitions per case (default 3, quick 1)")
+    parser.add_argument("--cases", help=f"comma-separated subset of: {', '.join(CASES)}")
+    parser.add_argument("--work", type=Path, default=BENCH / "work", help="where workflows run")
+    parser.add_argument("--output", type=Path, default=BENCH / "RESULTS.md", help="results file")
+    parser.add_argument(
+        "--keep",
+        action="store_true",
+        help="keep the rows of cases not run now from <work>/results.json (rerun one case)",
+    )
+    parser.add_argument(
+        "--report-only",
+        action="store_true",
+        help="measure nothing: rewrite the results file from <work>/results.json",
+    )
+    parser.add_argument("--worker", nargs=2, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.worker:
+        name, kwargs = args.worker
+        print(json.dumps(WORKERS[name](**json.loads(kwargs))))
+        return 0
+    sizes = QUICK if args.quick else FULL
+    if args.repeats:
+        sizes = Sizes(**{**sizes.__dict__, "repeats": args.repeats})
+    selected = args.cases.split(",") if args.cases else list(CASES)
+    if args.report_only:
+        selected, args.keep = [], True
+    unknown = [c for c in selected if c not in CASES]
+    if unknown:
+        parser.error(f"unknown cases {unknown}: choose from {', '.join(CASES)}")
+    work = args.work.resolve()
+    work.mkdir(parents=True, exist_ok=True)
+    started_at = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+    started = time.perf_counter()
+    rows: list[Row] = []
+    kept: list[Row] = []
+    if args.keep and (work / "results.json").exists():
+        earlier = json.loads((work / "results.json").read_text())
+        kept = [r for r in map(Row.from_dict, earlier) if r.group not in selected]
+    order = list(CASES)
+    running = [""]
+    note = (
+        f"Rows of the cases {sorted({r.group for r in kept})} were kept from an earlier run "
+        "(`--keep`); the others were measured by this command."
+        if kept
+        else ""
+    )
+    if args.report_only:
+        note = f"Rewritten from {work.name}/results.json: every row comes from earlier runs."
+
+    def save(current: list[Row]) -> None:
+        # written after every repetition, so that an interrupted run still leaves its results
+        for row in current:
+            row.group = row.group or running[0]
+        everything = kept + rows + [r for r in current if r not in rows]
+        everything.sort(key=lambda r: order.index(r.group) if r.group in order else len(order))
+        (work / "results.json").write_text(json.dumps([r.as_dict() for r in everything], indent=2))
+        write_results(
+            args.output,
+            everything,
+            sizes,
+            started_at,
+            time.perf_counter() - started,
+            args.quick,
+            note,
+        )
+
+    global ON_REP
+    ON_REP = save
+    if not selected:
+        save(rows)
+    for name in selected:
+        print(f"case {name}", flush=True)
+        running[0] = name
+        case_started = time.perf_counter()
+        case_rows = CASES[name](work / name, sizes)
+        for row in case_rows:
+            row.group = name
+        rows += case_rows
+        print(f"  ({time.perf_counter() - case_started:.0f} s)", flush=True)
+        save(rows)
+    print(table(kept + rows))
+    if kept:
+        print(f"kept {len(kept)} rows of earlier cases from {work / 'results.json'}")
+    print(f"wrote {args.output}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

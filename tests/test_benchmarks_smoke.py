@@ -1,0 +1,55 @@
+"""Smoke run of the benchmark harness at tiny sizes: it runs and writes a results table.
+
+No timing is asserted here; the speed targets live in benchmarks/RESULTS.md.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+CASES = ["import", "small_jobs", "lock", "big_frame", "merge", "dryrun"]
+
+
+@pytest.mark.slow
+def test_benchmark_harness_writes_a_results_table(tmp_path: Path) -> None:
+    output = tmp_path / "RESULTS.md"
+    work = tmp_path / "work"
+    result = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "benchmarks" / "run.py"),
+            "--quick",
+            "--cases",
+            ",".join(CASES),
+            "--work",
+            str(work),
+            "--output",
+            str(output),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+
+    text = output.read_text()
+    assert "| case | compared with | ratio median |" in text
+    assert "- machine:" in text and "duckdb" in text and "polars" in text
+    rows = json.loads((work / "results.json").read_text())
+    cases = " ".join(row["case"] for row in rows)
+    for expected in ("small jobs", "store lock", "save", "load_dataframe", "merge", "-n"):
+        assert expected in cases
+    for row in rows:
+        assert row["ratios"], f"no measurement for {row['case']}"
+        assert all(ratio > 0 for ratio in row["ratios"]), row
+        assert f"| {row['case']} |" in text
+    # the library runs committed every table they were asked to (checked by the harness too)
+    for variant in ("job", "head"):
+        folder = work / "small_jobs" / "small_jobs" / variant
+        assert (folder / "results" / "pipeline.duckdb").exists()
