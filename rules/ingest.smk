@@ -1,7 +1,6 @@
 # Head-node ingest (store.database_mode: head): cluster jobs write only sentinels and step
 # logs; this local rule loads each sentinel into the database on the submit host, with the
-# same _checkpoints row the job would have written. It runs inside the Snakemake process
-# (`run:`): no Python start-up and no DuckDB import per table.
+# same _checkpoints row the job would have written.
 
 
 rule ingest:
@@ -12,5 +11,7 @@ rule ingest:
     log:
         USHER.log("ingest", "{table}"),
     localrule: True
-    run:
-        usher_ingest(input, output, log, wildcards)
+    conda:
+        "../envs/usher_pipeline.yaml"
+    script:
+        "../scripts/ingest.py"

@@ -70,27 +70,6 @@ def usher_ingest_markers(wildcards):
     return USHER.ingest_markers() if USHER_DATABASE_MODE == "head" else []
 
 
-def usher_ingest(input, output, log, wildcards):
-    """Load one sentinel into the database on the submit host (the body of `ingest`)."""
-    from snakemake.exceptions import WorkflowError
-    from usher_pipeline.errors import UsherError
-    from usher_pipeline.workflow.ingest import ingest_sentinel
-    from usher_pipeline.workflow.job import StoreSettings, job_logger
-
-    logger = job_logger("ingest", log[0] if log else None)
-    try:
-        ingest_sentinel(
-            StoreSettings.from_config(config).store(),
-            sentinel=input.table,
-            steplog=input.steplog,
-            marker=output.marker,
-            progress=logger.info,
-        )
-    except UsherError as error:
-        logger.error("%s", error)
-        raise WorkflowError(f"ingest of table {wildcards.table}: {error}") from None
-
-
 def usher_ingest_inputs(wildcards):
     """The sentinel and step log of the table one ingest job loads."""
     table = wildcards.table
