@@ -106,7 +106,14 @@ class Progress:
             self.stream.flush()
             self.shown = True
 
+    def __enter__(self) -> Progress:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.done()
+
     def done(self) -> None:
+        """Erase the progress line."""
         if self.shown:
             self.stream.write("\r\033[K")
             self.stream.flush()
@@ -212,11 +219,8 @@ def cmd_verify(args: argparse.Namespace, settings: Settings) -> int:
     from usher_pipeline.audit import verify
 
     run = settings.run()
-    progress = Progress()
-    try:
+    with Progress() as progress:
         report = verify(run, settings.db, settings.lock_timeout, progress=progress)
-    finally:
-        progress.done()
     print(
         f"checked {settings.db}: {report.tables} tables, {report.sentinels} sentinels, "
         f"{report.steplogs} step logs ({report.outputs} outputs)"
@@ -239,11 +243,8 @@ def cmd_repair(args: argparse.Namespace, settings: Settings) -> int:
     from usher_pipeline.audit import repair
 
     run = settings.run()
-    progress = Progress()
-    try:
+    with Progress() as progress:
         result = repair(run, settings.db, settings.lock_timeout, progress=progress)
-    finally:
-        progress.done()
     if result.moved_aside:
         print(f"moved the unreadable database aside to {result.moved_aside}")
     if result.created:
@@ -403,11 +404,8 @@ def cmd_export_prov(args: argparse.Namespace, settings: Settings) -> int:
     from usher_pipeline.export.prov import write_prov
 
     run = settings.run()
-    progress = Progress()
-    try:
+    with Progress() as progress:
         summary = write_prov(run, args.file, config_path=settings.config, progress=progress)
-    finally:
-        progress.done()
     print(
         f"wrote {args.file}: {summary['entities']} entities, {summary['activities']} "
         f"activities, {summary['agents']} agents, {summary['relations']} relations"
@@ -420,8 +418,7 @@ def cmd_export_rocrate(args: argparse.Namespace, settings: Settings) -> int:
     from usher_pipeline.export.rocrate import write_rocrate
 
     run = settings.run()
-    progress = Progress()
-    try:
+    with Progress() as progress:
         summary = write_rocrate(
             run,
             args.dir,
@@ -429,8 +426,6 @@ def cmd_export_rocrate(args: argparse.Namespace, settings: Settings) -> int:
             snakefile=Path(args.snakefile) if args.snakefile else None,
             progress=progress,
         )
-    finally:
-        progress.done()
     print(
         f"wrote {args.dir}: {summary['actions']} actions, {summary['files']} files, "
         f"conforms to {', '.join(summary['profiles'])}"
