@@ -65,17 +65,14 @@ def usher_steplogs(wildcards):
     return USHER.steplogs()
 
 
-def usher_ingest_markers(wildcards):
-    """In 'head' database mode, the markers of every table ingested on the submit host."""
-    return USHER.ingest_markers() if USHER_DATABASE_MODE == "head" else []
+def usher_ingest_record(wildcards):
+    """In 'head' database mode, the record of the tables ingested on the submit host."""
+    return [USHER.ingest_record] if USHER_DATABASE_MODE == "head" else []
 
 
 def usher_ingest_inputs(wildcards):
-    """The sentinel and step log of the table one ingest job loads."""
-    table = wildcards.table
-    if table not in USHER.tables:
-        raise ValueError(f"table '{table}' is not registered with USHER.register(...)")
+    """The sentinels and step logs of every registered table, for the head-node ingest."""
     return {
-        "table": USHER.sentinel(table),
-        "steplog": USHER.steplog(USHER.tables[table]),
+        "tables": [USHER.sentinel(table) for table in USHER.tables],
+        "steplogs": USHER.table_steplogs(),
     }

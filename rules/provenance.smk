@@ -8,7 +8,7 @@ include: "ingest.smk"
 rule provenance:
     input:
         steplogs=usher_steplogs,
-        ingested=usher_ingest_markers,
+        ingested=usher_ingest_record,
     output:
         sidecars=USHER.sidecars(),
         run=USHER.run_record,

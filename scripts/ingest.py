@@ -1,14 +1,14 @@
-"""Head-node ingest: load one job's sentinel into the database with its checkpoint row."""
+"""Head-node ingest: load every table's sentinel into the database with its checkpoint row."""
 
-from usher_pipeline.workflow.ingest import ingest_sentinel
+from usher_pipeline.workflow.ingest import ingest_sentinels
 from usher_pipeline.workflow.job import StoreSettings, job_logger, user_errors
 
 log = job_logger("ingest", snakemake.log[0] if snakemake.log else None)
-with user_errors(log, f"rule ingest ({snakemake.wildcards.table})"):
-    ingest_sentinel(
+with user_errors(log, "rule ingest"):
+    ingest_sentinels(
         StoreSettings.from_config(snakemake.config).store(),
-        sentinel=snakemake.input.table,
-        steplog=snakemake.input.steplog,
-        marker=snakemake.output.marker,
+        list(snakemake.input.tables),
+        list(snakemake.input.steplogs),
+        record=snakemake.output.record,
         progress=log.info,
     )

@@ -14,6 +14,7 @@ with user_errors(log, "rule provenance"):
         data_source_versions=dict(snakemake.params.data_source_versions),
         run_record=snakemake.output.run,
         store=StoreSettings.from_config(snakemake.config).store(),
+        ingested=list(snakemake.input.ingested),
         progress=log.info,
     )
     write_summary(snakemake.output.run, snakemake.output.summary)

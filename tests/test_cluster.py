@@ -157,6 +157,21 @@ def steplog_fingerprints(workdir: Path) -> dict[str, str]:
     }
 
 
+def sidecar_fingerprints(workdir: Path) -> dict[str, str]:
+    """Each table's fingerprint as its provenance sidecar records it."""
+    found = {}
+    for path in sorted((workdir / "results" / "tables").glob("*.provenance.json")):
+        output = json.loads(path.read_text())["output"]
+        found[output["table"]] = output["fingerprint"]
+    return found
+
+
+def ingest_record_fingerprints(workdir: Path) -> dict[str, str]:
+    """Each table's fingerprint as the head-node ingest record lists it."""
+    record = json.loads((workdir / "results" / "ingested.json").read_text())
+    return {table: entry["fingerprint"] for table, entry in record["tables"].items()}
+
+
 def fetch_summary(record: Mapping[str, Any]) -> dict[str, Any]:
     steps = [s for s in record["steps"] if s["step_name"] == "batched_fetch"]
     assert steps, f"step log of {record['rule']} has no batched_fetch step"
@@ -290,45 +305,19 @@ def test_head_mode_gives_the_same_tables_and_checkpoints_as_job_mode(
     assert checkpoint_fingerprints(workdir) == reference
     assert table_fingerprints(workdir) == reference
     assert sentinel_fingerprints(workdir) == sentinel_fingerprints(local_run) == reference
-    assert steplog_fingerprints(workdir) == steplog_fingerprints(local_run) == reference
+    assert steplog_fingerprints(local_run) == reference
+    assert sidecar_fingerprints(workdir) == sidecar_fingerprints(local_run) == reference
     assert checkpoints(workdir) == checkpoints(local_run)
     assert partial_state(workdir) == []
 
-    for table, fingerprint in reference.items():
-        marker = json.loads((workdir / "results" / "ingested" / f"{table}.json").read_text())
-        assert marker["fingerprint"] == fingerprint
+    # Head-mode jobs never load DuckDB: the ingest fingerprints each sentinel, and the
+    # provenance merge writes that fingerprint into the sidecars.
+    assert steplog_fingerprints(workdir) == dict.fromkeys(reference)
+    assert ingest_record_fingerprints(workdir) == reference
     for record in steplogs(workdir).values():
         assert record["database"]["mode"] == "head"
         assert all(e.get("committed_at") is None for e in record["outputs"] if e.get("table"))
-    assert not (local_run / "results" / "ingested").exists()
-
-
-def test_ingest_refuses_a_sentinel_its_step_log_does_not_describe(tmp_path: Path) -> None:
-    import polars as pl
-
-    from usher_pipeline.errors import UsherError
-    from usher_pipeline.persistence import PipelineStore
-    from usher_pipeline.workflow import Job
-    from usher_pipeline.workflow.ingest import ingest_sentinel
-    from usher_pipeline.workflow.testing import mock_snakemake
-
-    db = tmp_path / "pipeline.duckdb"
-    sentinel, steplog = tmp_path / "tables" / "genes.parquet", tmp_path / "steplogs" / "genes.json"
-    config = {"duckdb_path": str(db), "store": {"database_mode": "head"}}
-    smk = mock_snakemake("genes", output={"table": sentinel, "steplog": steplog}, config=config)
-    with Job(smk) as job:
-        job.save(pl.DataFrame({"gene": ["MYO7A", "USH2A"]}), description="two genes")
-    assert not db.exists()  # head mode: the job never opened the database
-
-    store = PipelineStore(db)
-    marker = ingest_sentinel(store, sentinel=sentinel, steplog=steplog)
-    assert store.get_checkpoint("genes")["fingerprint"] == marker["fingerprint"]
-    assert store.fingerprint("genes") == marker["fingerprint"]
-
-    pl.DataFrame({"gene": ["CDH23"]}).write_parquet(sentinel)
-    with pytest.raises(UsherError, match="is not the file its step log .* describes"):
-        ingest_sentinel(store, sentinel=sentinel, steplog=steplog)
-    assert store.load_dataframe("genes")["gene"].to_list() == ["MYO7A", "USH2A"]
+    assert not (local_run / "results" / "ingested.json").exists()
 
 
 # -- the real cluster ------------------------------------------------------------------------
@@ -451,7 +440,7 @@ def test_slurm_run_killed_by_scancel_resumes_and_matches_the_local_run(
     assert checkpoint_fingerprints(workdir) == reference
     assert table_fingerprints(workdir) == reference
     assert sentinel_fingerprints(workdir) == reference
-    assert steplog_fingerprints(workdir) == reference
+    assert sidecar_fingerprints(workdir) == reference
     assert checkpoints(workdir) == checkpoints(local_run)
     assert partial_state(workdir) == []
 
@@ -473,5 +462,7 @@ def test_slurm_run_killed_by_scancel_resumes_and_matches_the_local_run(
     # The local rules ran on the head node, not as SLURM jobs.
     local = [j for j in queue.values() if j["comment"].startswith(("rule_ingest", "rule_prov"))]
     assert local == []
-    markers = sorted(p.stem for p in (workdir / "results" / "ingested").glob("*.json"))
-    assert markers == (sorted(reference) if mode == "head" else [])
+    if mode == "head":
+        assert ingest_record_fingerprints(workdir) == reference
+    else:
+        assert not (workdir / "results" / "ingested.json").exists()

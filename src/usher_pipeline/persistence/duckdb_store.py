@@ -263,6 +263,7 @@ class PipelineStore:
         self._lock = StoreLock(self.db_path, self.lock_timeout)
         self._conn: duckdb.DuckDBPyConnection | None = None
         self._conn_writable = False
+        self._held: duckdb.DuckDBPyConnection | None = None  # see session()
         self._closed = False
         if not self.db_path.exists():  # create the file with `_checkpoints`, then let go
             with self.transaction():
@@ -310,6 +311,9 @@ class PipelineStore:
                 )
             yield self._conn
             return
+        if self._held is not None:
+            yield self._held
+            return
         import duckdb
 
         with self._lock.hold(exclusive=write) as deadline:
@@ -351,6 +355,25 @@ class PipelineStore:
                 raise
             finally:
                 self._conn, self._conn_writable = None, False
+
+    @contextmanager
+    def session(self) -> Iterator[PipelineStore]:
+        """Hold the write lock and one connection for many operations, each committed on its own.
+
+        Unlike `transaction()`, work done before a failure stays committed; unlike separate
+        operations, the database is opened (and checkpointed at close) once.
+        """
+        if self._conn is not None or self._held is not None:
+            raise StoreError(
+                f"a session on {self.db_path} cannot start inside a transaction or another "
+                "session: open it first"
+            )
+        with self.connect(write=True) as conn:
+            self._held = conn
+            try:
+                yield self
+            finally:
+                self._held = None
 
     def _open(self, read_only: bool, deadline: float) -> duckdb.DuckDBPyConnection:
         import duckdb

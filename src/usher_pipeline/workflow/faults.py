@@ -17,6 +17,7 @@ POINTS = (
     "inside_transaction",  # table and checkpoint written inside the open transaction, no COMMIT
     "after_commit_before_rename",  # committed; the sentinel still has its temporary name
     "after_rename_before_steplog",  # the sentinel is in place; the step log is not written
+    "after_ingest_commit",  # head-node ingest: this table committed, the next not yet
 )
 
 

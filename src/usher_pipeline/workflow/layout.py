@@ -44,9 +44,10 @@ class Layout:
         """The text log of one job."""
         return f"{self.logs_dir}/{rule}/{name}.log"
 
-    def ingested(self, table: str) -> str:
-        """The marker the head-node ingest writes once a table is in the database."""
-        return f"{self.results_dir}/ingested/{table}.json"
+    @property
+    def ingest_record(self) -> str:
+        """What the head-node ingest loaded into the database (head database mode only)."""
+        return f"{self.results_dir}/ingested.json"
 
     @property
     def run_record(self) -> str:
@@ -79,6 +80,6 @@ class Layout:
         """The sidecar of every product."""
         return [str(sidecar_path(p)) for p in self.products()]
 
-    def ingest_markers(self) -> list[str]:
-        """The head-node ingest marker of every registered table."""
-        return [self.ingested(t) for t in self.tables]
+    def table_steplogs(self) -> list[str]:
+        """The step log of every job that saves a registered table, without repeats."""
+        return [self.steplog(name) for name in dict.fromkeys(self.tables.values())]

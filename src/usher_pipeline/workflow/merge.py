@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 from usher_pipeline._io import write_json_atomic
 from usher_pipeline.hashing import sha256_json
 from usher_pipeline.persistence.provenance import sidecar_path, utc_now
+from usher_pipeline.workflow.ingest import ingested_fingerprints
 from usher_pipeline.workflow.steplog import load_steplog
 
 if TYPE_CHECKING:
@@ -96,6 +97,18 @@ def processing_step(record: Mapping[str, Any]) -> dict[str, Any]:
     return {"step_name": step_label(record), "timestamp": record["ended_at"], "details": record}
 
 
+def add_ingested_fingerprints(
+    records: Sequence[dict[str, Any]], fingerprints: Mapping[str, tuple[str, str]]
+) -> None:
+    """Fill in the fingerprint of each table output that lacks one, from the ingest records."""
+    for record in records:
+        for entry in record["outputs"]:
+            if entry.get("table") and not entry.get("fingerprint"):
+                digest, fingerprint = fingerprints.get(_key(entry["path"]), (None, None))
+                if digest is not None and digest == entry.get("sha256"):
+                    entry["fingerprint"] = fingerprint
+
+
 def merge_provenance(
     steplogs: Sequence[str | Path],
     *,
@@ -104,15 +117,21 @@ def merge_provenance(
     data_source_versions: Mapping[str, Any],
     run_record: str | Path | None = None,
     store: PipelineStore | None = None,
+    ingested: Sequence[str | Path] = (),
     progress: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Write a sidecar for every output of every step log, the run record and `_provenance` rows.
+
+    In head database mode a job records no fingerprint; the ingest records (`ingested`)
+    supply it for each sentinel they loaded with the SHA-256 the step log names.
 
     Returns a summary: run id, number of step logs and sidecars, and the sidecar paths.
     """
     report = progress or log.info
     started = time.monotonic()
     records = [load_steplog(p) for p in steplogs]
+    if ingested:
+        add_ingested_fingerprints(records, ingested_fingerprints(ingested))
     graph = Lineage(records)
     created_at = utc_now()
     run_id = sha256_json([config_hash, sorted(sha256_json(r) for r in records)])[:32]
