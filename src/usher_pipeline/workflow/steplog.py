@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import platform
 import socket
+import sys
 from functools import lru_cache
 from importlib import metadata
 from pathlib import Path
@@ -30,9 +31,17 @@ class StepLogError(UsherError, ValueError):
 
 @lru_cache(maxsize=1)
 def software_versions() -> dict[str, str]:
-    """Versions of Python and of the packages that shape results (read from metadata, no import)."""
+    """Versions of Python and of the packages that shape results.
+
+    A package this process has imported reports the version it runs (`__version__`); the
+    others are read from their installed metadata without importing them.
+    """
     versions = {"python": platform.python_version()}
     for name in SOFTWARE:
+        loaded = getattr(sys.modules.get(name), "__version__", None)
+        if isinstance(loaded, str):
+            versions[name] = loaded
+            continue
         try:
             versions[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
