@@ -20,7 +20,7 @@ from usher_pipeline.errors import UsherError
 from usher_pipeline.hashing import sha256_json
 from usher_pipeline.persistence import PipelineStore
 from usher_pipeline.persistence.fingerprint import fingerprint_parquet
-from usher_pipeline.workflow import Job, load_steplog, mock_snakemake, run_script
+from usher_pipeline.workflow import Job, StoreSettings, load_steplog, mock_snakemake, run_script
 
 REPO = Path(__file__).resolve().parents[1]
 SCHEDULER_VARIABLES = ("SLURM_JOB_ID", "SLURM_JOB_PARTITION", "PBS_JOBID", "LSB_JOBID", "JOB_ID")
@@ -307,3 +307,10 @@ def test_evidence_script_runs_under_pytest(demo_scripts):
     log = (demo_scripts["base"] / "logs/evidence/evidence_hearing.log").read_text()
     assert f"evidence_hearing: {fetch['batches_total']}/{fetch['batches_total']} batches" in log
     assert json.loads(json.dumps(record)) == record
+
+
+def test_store_settings_carry_the_write_memory_limit_from_the_config(tmp_path):
+    config = job_config(tmp_path)
+    assert StoreSettings.from_config(config).store().write_memory_mb == 128
+    config["store"]["write_memory_mb"] = 512
+    assert StoreSettings.from_config(config).store().write_memory_mb == 512

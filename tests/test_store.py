@@ -654,3 +654,15 @@ def test_done_when_snippet_runs_in_a_fresh_process(run_python) -> None:
     )
     assert done.stdout.strip().splitlines()[-1] == "store and provenance OK"
     assert done.stderr == ""
+
+
+def test_connections_that_write_cap_duckdbs_memory_and_readers_do_not(db_path: Path) -> None:
+    def limit(store: PipelineStore, write: bool) -> str:
+        with store.connect(write=write) as conn:
+            return conn.sql("SELECT current_setting('memory_limit')").fetchall()[0][0]
+
+    capped = PipelineStore(db_path, write_memory_mb=64)
+    assert limit(capped, write=True) == "61.0 MiB"  # DuckDB reports 64 MB in MiB
+    assert limit(capped, write=False) != limit(capped, write=True)
+    uncapped = PipelineStore(db_path, write_memory_mb=None)
+    assert limit(uncapped, write=True) == limit(uncapped, write=False)

@@ -108,6 +108,14 @@ class StoreConfig(BaseModel):
             "shared filesystems where DuckDB locking is unreliable)."
         ),
     )
+    write_memory_mb: int = Field(
+        default=128,
+        ge=16,
+        description=(
+            "DuckDB's memory limit (MB) on the connections that write: a save then needs about "
+            "its frame's size plus 500 MB, whatever the node's RAM (larger loads faster)."
+        ),
+    )
 
 
 class FetchConfig(BaseModel):
