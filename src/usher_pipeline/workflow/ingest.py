@@ -4,7 +4,8 @@ In `head` database mode jobs never open the database (DuckDB's locking is unreli
 network filesystems, and a job then needs neither DuckDB's import nor its lock). One local
 job on the submit host loads every table: it opens the database once and commits each table
 with the same `_checkpoints` row (description, rule, fingerprint, rows) a job would have
-written, in its own transaction. A table whose checkpoint already records the sentinel's
+written, grouping the loads of up to a second into one commit (one commit per small table
+would cost more than its load). A table whose checkpoint already records the sentinel's
 fingerprint (and the same rule, description and config) is left as it is, so a rerun after
 one job changed loads that table alone, and a rerun after a kill resumes where it stopped.
 
