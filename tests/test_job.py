@@ -311,6 +311,6 @@ def test_evidence_script_runs_under_pytest(demo_scripts):
 
 def test_store_settings_carry_the_write_memory_limit_from_the_config(tmp_path):
     config = job_config(tmp_path)
-    assert StoreSettings.from_config(config).store().write_memory_mb == 128
-    config["store"]["write_memory_mb"] = 512
-    assert StoreSettings.from_config(config).store().write_memory_mb == 512
+    assert StoreSettings.from_config(config).store().load_memory_mb == 128
+    config["store"]["load_memory_mb"] = 512
+    assert StoreSettings.from_config(config).store().load_memory_mb == 512

@@ -656,13 +656,20 @@ def test_done_when_snippet_runs_in_a_fresh_process(run_python) -> None:
     assert done.stderr == ""
 
 
-def test_connections_that_write_cap_duckdbs_memory_and_readers_do_not(db_path: Path) -> None:
-    def limit(store: PipelineStore, write: bool) -> str:
-        with store.connect(write=write) as conn:
-            return conn.sql("SELECT current_setting('memory_limit')").fetchall()[0][0]
+def test_a_load_caps_duckdbs_memory_until_its_connection_closes(db_path: Path) -> None:
+    import polars as pl
 
-    capped = PipelineStore(db_path, write_memory_mb=64)
-    assert limit(capped, write=True) == "61.0 MiB"  # DuckDB reports 64 MB in MiB
-    assert limit(capped, write=False) != limit(capped, write=True)
-    uncapped = PipelineStore(db_path, write_memory_mb=None)
-    assert limit(uncapped, write=True) == limit(uncapped, write=False)
+    def limit(store: PipelineStore) -> str:
+        return store.execute_query("SELECT current_setting('memory_limit') AS m")["m"][0]
+
+    capped = PipelineStore(db_path, load_memory_mb=64)
+    default = limit(capped)
+    with capped.transaction() as tx:
+        assert limit(tx) == default  # other writes (e.g. provenance rows) are not capped
+        tx.save_dataframe(pl.DataFrame({"a": [1, 2]}), "genes")
+        assert limit(tx) == "61.0 MiB"  # 64 MB as DuckDB reports it
+    assert limit(capped) == default  # the next connection starts afresh
+    uncapped = PipelineStore(db_path, load_memory_mb=None)
+    with uncapped.transaction() as tx:
+        tx.save_dataframe(pl.DataFrame({"a": [3]}), "genes")
+        assert limit(tx) == default

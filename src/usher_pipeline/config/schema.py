@@ -108,12 +108,13 @@ class StoreConfig(BaseModel):
             "shared filesystems where DuckDB locking is unreliable)."
         ),
     )
-    write_memory_mb: int = Field(
+    load_memory_mb: int = Field(
         default=128,
         ge=16,
         description=(
-            "DuckDB's memory limit (MB) on the connections that write: a save then needs about "
-            "its frame's size plus 500 MB, whatever the node's RAM (larger loads faster)."
+            "DuckDB's memory limit (MB) while a job loads a table into the database (until its "
+            "connection closes): a save then needs about its frame's size plus 500 MB, whatever "
+            "the node's RAM (larger loads faster)."
         ),
     )
 

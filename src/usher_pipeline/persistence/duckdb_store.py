@@ -46,7 +46,7 @@ CHECKPOINTS = "_checkpoints"
 PROVENANCE = "_provenance"
 INTERNAL_TABLES = frozenset({CHECKPOINTS, PROVENANCE, "_fetch_batches"})
 MAX_NAME_LENGTH = 63
-WRITE_MEMORY_MB = 128  # DuckDB's memory limit (MB) on connections that write; None: DuckDB's
+LOAD_MEMORY_MB = 128  # DuckDB's memory limit (MB) from a table load to the close
 _NAME = re.compile(r"^[a-z][a-z0-9_]*$")
 _DAMAGED = re.compile(r"Could not read enough bytes|not a valid DuckDB|[Cc]orrupt|checksum")
 _DUCKDB_HOLDER = re.compile(r"Conflicting lock is held in (.+?) \(PID (\d+)\)")
@@ -245,10 +245,10 @@ class PipelineStore:
         db_path: str | Path,
         lock_timeout: float = 120.0,
         config_hash: str | None = None,
-        write_memory_mb: int | None = WRITE_MEMORY_MB,
+        load_memory_mb: int | None = LOAD_MEMORY_MB,
     ) -> None:
         self.db_path = Path(db_path)
-        self.write_memory_mb = write_memory_mb
+        self.load_memory_mb = load_memory_mb
         if self.db_path.is_dir():
             raise StoreFileError(
                 f"database path {self.db_path} is a directory: point duckdb_path at a file "
@@ -281,7 +281,7 @@ class PipelineStore:
             config.duckdb_path,
             lock_timeout=config.store.lock_timeout_seconds,
             config_hash=config.config_hash(),
-            write_memory_mb=config.store.write_memory_mb,
+            load_memory_mb=config.store.load_memory_mb,
         )
 
     def close(self) -> None:
@@ -390,11 +390,6 @@ class PipelineStore:
                 conn = duckdb.connect(str(self.db_path), read_only=read_only)
                 # time-zone-aware columns load back in UTC, whatever the host's zone
                 conn.execute("SET TimeZone = 'UTC'")
-                if not read_only and self.write_memory_mb:
-                    # a save streams: a small buffer pool keeps a job's memory near the size
-                    # of its frame (DuckDB's default is 80% of the node's RAM, whatever the
-                    # job was granted), at the price of a few per cent of the load's speed
-                    conn.execute(f"SET memory_limit = '{int(self.write_memory_mb)}MB'")
                 return conn
             except duckdb.IOException as exc:
                 message = str(exc)
@@ -506,6 +501,12 @@ class PipelineStore:
         source = parquet_source(parquet_path)
         quoted = quote_identifier(table_name)
         with self._write() as conn:
+            if self.load_memory_mb:
+                # A load streams, and DuckDB's peak comes when the connection closes and
+                # checkpoints the new rows: a small buffer pool, kept until then, holds a job
+                # near its frame's size (DuckDB's default is 80% of the node's RAM, whatever
+                # the job was granted) for a few per cent of the load's speed.
+                conn.execute(f"SET memory_limit = '{int(self.load_memory_mb)}MB'")
             if replace or not self._table_exists(conn, table_name):
                 conn.execute(f"CREATE OR REPLACE TABLE {quoted} AS SELECT * FROM {source}")
             else:

@@ -27,7 +27,7 @@ from usher_pipeline._io import remove_stale_temps, temp_path_for, write_json_ato
 from usher_pipeline.errors import UsherError
 from usher_pipeline.hashing import canonical_json, sha256_json
 from usher_pipeline.persistence.duckdb_store import (
-    WRITE_MEMORY_MB,
+    LOAD_MEMORY_MB,
     PipelineStore,
     to_polars,
     validate_table_name,
@@ -62,7 +62,7 @@ class StoreSettings:
     db_path: Path
     lock_timeout: float
     mode: str
-    write_memory_mb: int
+    load_memory_mb: int
     config_hash: str | None
     pipeline_version: str | None
 
@@ -80,7 +80,7 @@ class StoreSettings:
             db_path=Path(config.get("duckdb_path", "results/pipeline.duckdb")),
             lock_timeout=float(store.get("lock_timeout_seconds", 120.0)),
             mode=mode,
-            write_memory_mb=int(store.get("write_memory_mb", WRITE_MEMORY_MB)),
+            load_memory_mb=int(store.get("load_memory_mb", LOAD_MEMORY_MB)),
             config_hash=runtime.get("config_hash"),
             pipeline_version=runtime.get("pipeline_version"),
         )
@@ -90,7 +90,7 @@ class StoreSettings:
             self.db_path,
             self.lock_timeout,
             config_hash=self.config_hash,
-            write_memory_mb=self.write_memory_mb,
+            load_memory_mb=self.load_memory_mb,
         )
 
 
