@@ -1102,8 +1102,8 @@ LIMITS: dict[str, str] = {
     ),
     "peak RSS": (
         "DuckDB checkpoints the new table when the connection closes and buffers the row groups "
-        "it compresses; connections that write cap DuckDB's memory at `store.write_memory_mb` "
-        "(128 MB by default), which measured 961 MB here."
+        "it compresses; a load caps DuckDB's memory at `store.load_memory_mb` (128 MB by "
+        "default) until its connection closes, which measured 961 MB here."
     ),
     "Job.save: table": (
         "the bare save writes no sentinel; `Job.save` also writes the sentinel Parquet with "

@@ -309,7 +309,7 @@ def test_evidence_script_runs_under_pytest(demo_scripts):
     assert json.loads(json.dumps(record)) == record
 
 
-def test_store_settings_carry_the_write_memory_limit_from_the_config(tmp_path):
+def test_store_settings_carry_the_load_memory_limit_from_the_config(tmp_path):
     config = job_config(tmp_path)
     assert StoreSettings.from_config(config).store().load_memory_mb == 128
     config["store"]["load_memory_mb"] = 512
