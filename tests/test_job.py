@@ -314,3 +314,41 @@ def test_store_settings_carry_the_load_memory_limit_from_the_config(tmp_path):
     assert StoreSettings.from_config(config).store().load_memory_mb == 128
     config["store"]["load_memory_mb"] = 512
     assert StoreSettings.from_config(config).store().load_memory_mb == 512
+
+
+# -- temporary files of killed writers -----------------------------------------------------------
+
+
+def test_stale_temps_are_removed_even_when_the_writers_pid_was_reused(tmp_path):
+    import os
+    import time
+
+    from usher_pipeline._io import remove_stale_temps
+
+    target = tmp_path / "genes.parquet"
+    # a process alive now, started after the first file's last write: its PID was reused
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        reused = tmp_path / f".genes.parquet.{other.pid}.0badc0de.tmp"
+        reused.write_bytes(b"half a sentinel")
+        os.utime(reused, (time.time() - 30, time.time() - 30))
+        live = tmp_path / f".genes.parquet.{os.getpid()}.feedface.tmp"  # this process
+        live.write_bytes(b"being written")
+        time.sleep(0.3)
+        writing = tmp_path / f".genes.parquet.{other.pid}.5ca1ab1e.tmp"  # written after it began
+        writing.write_bytes(b"being written by the other process")
+        dead = subprocess.run(
+            [sys.executable, "-c", "import os; print(os.getpid())"],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        gone = tmp_path / f".genes.parquet.{int(dead.stdout)}.deadbeef.tmp"
+        gone.write_bytes(b"left by a killed job")
+
+        removed = remove_stale_temps(target)
+        assert sorted(p.name for p in removed) == sorted([reused.name, gone.name])
+        assert live.exists() and writing.exists()
+    finally:
+        other.kill()
+        other.wait()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -14,6 +15,32 @@ from typing import Any
 def temp_path_for(target: Path) -> Path:
     """A unique temporary name in the target's own folder, so that a rename is atomic."""
     return target.with_name(f".{target.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+
+
+def process_started_at(pid: int) -> float | None:
+    """When process `pid` started (seconds since the epoch), or None where /proc cannot say."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as handle:
+            fields = handle.read().rsplit(")", 1)[1].split()
+        with open("/proc/uptime", encoding="ascii") as handle:
+            uptime = float(handle.read().split()[0])
+        ticks = int(fields[19])  # field 22 of stat(5); the first two precede the ")"
+        return time.time() - uptime + ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def writer_is_gone(pid: int, written_at: float) -> bool:
+    """True when no process `pid` runs, or the one that does started after `written_at`: the
+    writer died and its PID went to a new process (PIDs wrap around quickly on a busy node)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except OSError:
+        pass  # alive, under another user
+    started = process_started_at(pid)
+    return started is not None and started > written_at + 0.1  # /proc's clock-tick rounding
 
 
 def remove_stale_temps(target: Path, suffixes: tuple[str, ...] = (".tmp",)) -> list[Path]:
@@ -29,12 +56,12 @@ def remove_stale_temps(target: Path, suffixes: tuple[str, ...] = (".tmp",)) -> l
         if not pid.isdigit() or int(pid) == os.getpid():
             continue
         try:
-            os.kill(int(pid), 0)
-        except ProcessLookupError:
+            written_at = path.stat().st_mtime
+        except FileNotFoundError:
+            continue  # its writer renamed or removed it meanwhile
+        if writer_is_gone(int(pid), written_at):
             path.unlink(missing_ok=True)
             removed.append(path)
-        except OSError:
-            pass  # alive, under another user
     return removed
 
 

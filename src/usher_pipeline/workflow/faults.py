@@ -3,7 +3,8 @@
 `USHER_FAULT_POINT=<point>` (or `<point>:<table>` to hit the save of one table only) makes
 the process that reaches that point kill itself with SIGKILL, as the OOM killer or a power
 loss would: no `finally`, no `atexit`, no flush. The points sit at the instants where a
-half-done save could leave the store and the files on disk disagreeing.
+half-done save (POINTS) or head-node ingest (INGEST_POINTS) could leave the store and the
+files on disk disagreeing.
 """
 
 from __future__ import annotations
@@ -17,8 +18,8 @@ POINTS = (
     "inside_transaction",  # table and checkpoint written inside the open transaction, no COMMIT
     "after_commit_before_rename",  # committed; the sentinel still has its temporary name
     "after_rename_before_steplog",  # the sentinel is in place; the step log is not written
-    "after_ingest_commit",  # head-node ingest: this table committed, the next not yet
 )
+INGEST_POINTS = ("after_ingest_commit",)  # head-node ingest: this table committed, not the next
 
 
 def fault_point(point: str, table: str) -> None:
