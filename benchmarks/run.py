@@ -1142,12 +1142,14 @@ LIMITS: dict[str, str] = {
         "only (tens of milliseconds of a one-second job)."
     ),
     "rerun of the demo": (
-        "the demo is short: Snakemake's start-up takes about 2 s, the three set-up jobs 1 s, "
-        "the evidence jobs 6 s (three layers on two cores, 64 batches of 0.05 s simulated "
-        "latency each) and the four jobs after them 1.5 s. The rerun pays the start-up and the "
-        "last four jobs again, restarts each evidence job that was running, and must still "
-        "fetch the 96 batches left (2.4 s on two cores at best), so about 6.5 s is its floor "
-        "(0.63). Only the fetching shrinks with the work done before the kill; with fetches "
+        "the demo is short and its fetching a small part of it: Snakemake's start-up takes "
+        "about 1.5 s, the three set-up jobs 1 s, the evidence jobs 6 s (three layers on two "
+        "cores, so two after one another; each about 2.6 s, of which 1 s is the simulated "
+        "latency of its 21 batches and 0.8 s committing them) and the four jobs after them "
+        "1.5 s. At the kill (32 of 64 batches committed) two layers are three-quarters done "
+        "and the third has not started: the rerun must run that layer's whole job while the "
+        "other two resume on the second core, and pay the start-up and the last four jobs "
+        "again, about 6.4 s at best (0.63). No committed batch is fetched again; with fetches "
         "of hours the ratio tends to the share of batches left."
     ),
 }
