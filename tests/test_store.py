@@ -673,3 +673,21 @@ def test_a_load_caps_duckdbs_memory_until_its_connection_closes(db_path: Path) -
     with uncapped.transaction() as tx:
         tx.save_dataframe(pl.DataFrame({"a": [3]}), "genes")
         assert limit(tx) == default
+
+
+def test_loads_can_record_their_checkpoints_together(store: PipelineStore, tmp_path: Path) -> None:
+    import polars as pl
+
+    rows = []
+    with store.transaction() as tx:
+        for n, name in enumerate(("first", "second")):
+            path = tmp_path / f"{name}.parquet"
+            pl.DataFrame({"a": list(range(n + 2))}).write_parquet(path)
+            rows.append(tx.ingest_parquet(path, name, "loaded", record_checkpoint=False))
+        assert not tx.has_checkpoint("first")  # not yet recorded
+        tx.record_checkpoints([*rows, {**rows[0], "description": "given twice, last wins"}])
+    recorded = {r["table_name"]: r for r in store.list_checkpoints()}
+    assert recorded["first"]["description"] == "given twice, last wins"
+    assert recorded["second"]["row_count"] == 3
+    assert recorded["second"]["fingerprint"] == store.fingerprint("second")
+    assert recorded["second"]["created_at"] == rows[1]["created_at"]

@@ -31,6 +31,7 @@ from usher_pipeline.persistence.errors import (
     UnsupportedFrameType,
 )
 from usher_pipeline.persistence.fingerprint import (
+    fingerprint_and_schema,
     fingerprint_source,
     parquet_source,
 )
@@ -267,6 +268,7 @@ class PipelineStore:
         self._conn: duckdb.DuckDBPyConnection | None = None
         self._conn_writable = False
         self._held: duckdb.DuckDBPyConnection | None = None  # see session()
+        self._capped: duckdb.DuckDBPyConnection | None = None  # memory capped for loads
         self._closed = False
         if not self.db_path.exists():  # create the file with `_checkpoints`, then let go
             with self.transaction():
@@ -490,23 +492,28 @@ class PipelineStore:
         fingerprint: str | None = None,
         row_count: int | None = None,
         created_at: datetime | None = None,
+        record_checkpoint: bool = True,
     ) -> dict[str, Any]:
         """Load a Parquet file into `table_name` and record its checkpoint, in one transaction.
 
         A `fingerprint` and `row_count` computed beforehand from the same file (outside the
         lock) are trusted for a replace; otherwise they are computed from the new table in
         the same connection (one scan of data DuckDB already holds, no second database).
+        With `record_checkpoint=False` the checkpoint row is only returned: the caller
+        records it with `record_checkpoints` in the same transaction (one statement for many
+        loads).
         """
         validate_table_name(table_name)
         source = parquet_source(parquet_path)
         quoted = quote_identifier(table_name)
         with self._write() as conn:
-            if self.load_memory_mb:
+            if self.load_memory_mb and conn is not self._capped:
                 # A load streams, and DuckDB's peak comes when the connection closes and
                 # checkpoints the new rows: a small buffer pool, kept until then, holds a job
                 # near its frame's size (DuckDB's default is 80% of the node's RAM, whatever
                 # the job was granted) for a few per cent of the load's speed.
                 conn.execute(f"SET memory_limit = '{int(self.load_memory_mb)}MB'")
+                self._capped = conn
             if replace or not self._table_exists(conn, table_name):
                 conn.execute(f"CREATE OR REPLACE TABLE {quoted} AS SELECT * FROM {source}")
             else:
@@ -521,8 +528,9 @@ class PipelineStore:
                     ) from None
             if not replace or fingerprint is None or row_count is None:
                 # an append, including the first one, records the table's total
-                fingerprint, row_count = fingerprint_source(conn, quoted)
-            schema = conn.sql(f"DESCRIBE {quoted}").fetchall()
+                fingerprint, row_count, schema = fingerprint_and_schema(conn, quoted)
+            else:
+                schema = [[c[0], c[1]] for c in conn.sql(f"DESCRIBE {quoted}").fetchall()]
             row = {
                 "table_name": table_name,
                 "created_at": created_at or datetime.now(UTC).replace(tzinfo=None),
@@ -532,13 +540,25 @@ class PipelineStore:
                 "config_hash": self.config_hash,
                 "rule": rule,
                 "sentinel": str(sentinel) if sentinel is not None else None,
-                "schema_json": json.dumps([[c[0], c[1]] for c in schema]),
+                "schema_json": json.dumps(schema),
             }
-            conn.execute(
-                f"INSERT OR REPLACE INTO {CHECKPOINTS} VALUES ({', '.join('?' * len(row))})",
-                list(row.values()),
-            )
+            if record_checkpoint:
+                self.record_checkpoints([row])
         return row
+
+    def record_checkpoints(self, rows: Sequence[dict[str, Any]]) -> None:
+        """Insert or replace checkpoint rows (as `ingest_parquet` returns them), in one
+        statement."""
+        latest = {row["table_name"]: row for row in rows}  # a table given twice keeps its last
+        if not latest:
+            return
+        columns = [[row[name] for row in latest.values()] for name in CHECKPOINT_COLUMNS]
+        types = {"created_at": "TIMESTAMP[]", "row_count": "BIGINT[]"}
+        selects = ", ".join(
+            f"unnest(?::{types.get(name, 'VARCHAR[]')})" for name in CHECKPOINT_COLUMNS
+        )
+        with self._write() as conn:
+            conn.execute(f"INSERT OR REPLACE INTO {CHECKPOINTS} SELECT {selects}", columns)
 
     def delete_checkpoint(self, table_name: str) -> bool:
         """Drop a table and its checkpoint together; False when neither existed."""

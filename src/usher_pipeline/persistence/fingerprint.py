@@ -27,14 +27,21 @@ def parquet_source(path: str | Path) -> str:
     return f"read_parquet({sql_string(str(path))})"
 
 
-def fingerprint_source(conn: Any, source: str) -> tuple[str, int]:
-    """(fingerprint, row count) of a FROM clause: a quoted table or a read_parquet call."""
+def fingerprint_and_schema(conn: Any, source: str) -> tuple[str, int, list[list[str]]]:
+    """(fingerprint, row count, [[column, type], ...]) of a FROM clause: a quoted table or a
+    read_parquet call."""
     columns = conn.sql(f"DESCRIBE SELECT * FROM {source}").fetchall()
     schema = [[row[0], row[1]] for row in columns]
     count, total = conn.sql(
         f"SELECT count(*), coalesce(sum(hash({_ROW})), 0) FROM {source} AS {_ROW}"
     ).fetchall()[0]
-    return PREFIX + sha256_json([schema, int(count), str(total)])[:32], int(count)
+    return PREFIX + sha256_json([schema, int(count), str(total)])[:32], int(count), schema
+
+
+def fingerprint_source(conn: Any, source: str) -> tuple[str, int]:
+    """(fingerprint, row count) of a FROM clause: a quoted table or a read_parquet call."""
+    fingerprint, count, _ = fingerprint_and_schema(conn, source)
+    return fingerprint, count
 
 
 def fingerprint_parquet(path: str | Path) -> tuple[str, int]:

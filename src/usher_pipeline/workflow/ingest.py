@@ -101,6 +101,7 @@ def ingest_sentinels(
         checkpoints = {row["table_name"]: row for row in store.list_checkpoints()}
         while pending:
             committed: list[str] = []
+            rows: list[dict[str, Any]] = []
             with store.transaction() as tx:
                 group_ends = time.monotonic() + commit_seconds
                 while pending and (not committed or time.monotonic() < group_ends):
@@ -110,13 +111,13 @@ def ingest_sentinels(
                     current = checkpoints.get(table)
                     unchanged = False
                     fingerprint: str | None = None
-                    rows: int | None = None
+                    count: int | None = None
                     if current is not None:  # compare before loading
                         with tx.connect() as conn:
-                            fingerprint, rows = fingerprint_source(conn, parquet_source(sentinel))
+                            fingerprint, count = fingerprint_source(conn, parquet_source(sentinel))
                         wanted = {
                             "fingerprint": fingerprint,
-                            "row_count": rows,
+                            "row_count": count,
                             "description": entry.get("description", ""),
                             "rule": step["rule"],
                             "sentinel": str(sentinel),
@@ -131,18 +132,21 @@ def ingest_sentinels(
                             rule=step["rule"],
                             sentinel=sentinel,
                             fingerprint=fingerprint,
-                            row_count=rows,
+                            row_count=count,
+                            record_checkpoint=False,
                         )
-                        fingerprint, rows = row["fingerprint"], row["row_count"]
+                        fingerprint, count = row["fingerprint"], row["row_count"]
+                        rows.append(row)
                         committed.append(table)
                     tables[table] = {
                         "sentinel": str(sentinel),
                         "steplog": str(steplog),
                         "sha256": digest,
                         "fingerprint": fingerprint,
-                        "rows": rows,
+                        "rows": count,
                         "loaded": not unchanged,
                     }
+                tx.record_checkpoints(rows)  # one statement for the group's loads
             loaded += committed
             for table in committed:
                 fault_point("after_ingest_commit", table)
