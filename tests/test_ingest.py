@@ -264,31 +264,31 @@ def test_a_session_cannot_start_inside_a_transaction(head_run: Path) -> None:
 # -- provenance ------------------------------------------------------------------------------
 
 
-def test_sidecars_take_head_mode_fingerprints_from_the_ingest_record(head_run: Path) -> None:
-    record = ingest(head_run)
-    steplogs = [head_run / f"results/steplogs/{t}.json" for t in TABLES]
+def sidecar_fingerprints(root: Path) -> dict[str, str | None]:
+    """Merge the step logs with the ingest record; each table's fingerprint in its sidecar."""
     merge_provenance(
-        steplogs,
+        [root / f"results/steplogs/{t}.json" for t in TABLES],
         pipeline_version=__version__,
         config_hash="c0ffee",
         data_source_versions={},
-        ingested=[head_run / "results/ingested.json"],
+        ingested=[root / "results/ingested.json"],
     )
-    for table in TABLES:
-        sidecar = head_run / f"results/tables/{table}.provenance.json"
-        output = json.loads(sidecar.read_text())["output"]
-        assert output["fingerprint"] == record["tables"][table]["fingerprint"]
+    return {
+        table: json.loads((root / f"results/tables/{table}.provenance.json").read_text())["output"][
+            "fingerprint"
+        ]
+        for table in TABLES
+    }
+
+
+def test_sidecars_take_head_mode_fingerprints_from_the_ingest_record(head_run: Path) -> None:
+    record = ingest(head_run)
+    assert sidecar_fingerprints(head_run) == {
+        table: entry["fingerprint"] for table, entry in record["tables"].items()
+    }
 
     # a record about other bytes (another SHA-256) does not lend its fingerprint
     tampered = json.loads((head_run / "results/ingested.json").read_text())
     tampered["tables"]["genes"]["sha256"] = "0" * 64
     (head_run / "results/ingested.json").write_text(json.dumps(tampered))
-    merge_provenance(
-        steplogs,
-        pipeline_version=__version__,
-        config_hash="c0ffee",
-        data_source_versions={},
-        ingested=[head_run / "results/ingested.json"],
-    )
-    genes = json.loads((head_run / "results/tables/genes.provenance.json").read_text())
-    assert genes["output"]["fingerprint"] is None
+    assert sidecar_fingerprints(head_run)["genes"] is None
