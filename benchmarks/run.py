@@ -116,6 +116,15 @@ class Row:
     def time(self, variant: str, seconds: float) -> None:
         self.seconds.setdefault(variant, []).append(seconds)
 
+    def compare(
+        self, ours: str, baseline: str, seconds: dict[Any, float], cpu: dict[Any, float]
+    ) -> None:
+        """One repetition: the wall and CPU ratios of `ours` to `baseline`, and both times."""
+        self.add(seconds[ours] / seconds[baseline])
+        self.cpu_ratios.append(cpu[ours] / cpu[baseline])
+        self.time(str(ours), seconds[ours])
+        self.time(str(baseline), seconds[baseline])
+
     @property
     def median(self) -> float:
         return statistics.median(self.ratios) if self.ratios else float("nan")
@@ -521,10 +530,13 @@ def case_small_jobs(work: Path, sizes: Sizes) -> list[Row]:
             if kind == "library":
                 check_tables(folder, 2 * n)
         for row, variant in ((job, "job"), (head, "head")):
-            row.add(seconds[variant] / seconds["plain"])
-            row.cpu_ratios.append(cpu[variant] / cpu["plain"])
-            row.time("library", seconds[variant])
-            row.time("plain", seconds["plain"])
+            # both rows name the library's times "library", as RESULTS.md always has
+            row.compare(
+                "library",
+                "plain",
+                {**seconds, "library": seconds[variant]},
+                {**cpu, "library": cpu[variant]},
+            )
         print(f"  small jobs rep {rep + 1}: {seconds}", flush=True)
         ON_REP([job, head])
     return [job, head]
@@ -551,10 +563,7 @@ def case_lock(work: Path, sizes: Sizes) -> list[Row]:
             seconds[variant] = run_snakemake(folder, *extra)
             cpu[variant] = CPU[str(folder)]
             check_tables(folder, n)
-        row.add(seconds["lock"] / seconds["resource"])
-        row.cpu_ratios.append(cpu["lock"] / cpu["resource"])
-        row.time("lock", seconds["lock"])
-        row.time("resource", seconds["resource"])
+        row.compare("lock", "resource", seconds, cpu)
         print(f"  lock rep {rep + 1}: {seconds}", flush=True)
         ON_REP([row])
     return [row]
@@ -611,23 +620,14 @@ def case_big_frame(work: Path, sizes: Sizes) -> list[Row]:
             results[variant] = sorted(reports, key=lambda r: r["seconds"])[len(reports) // 2]
         t = {k: v["seconds"] for k, v in results.items()}
         c = {k: v["cpu"] for k, v in results.items()}
-        save.cpu_ratios.append(c["store"] / c["bare_duckdb"])
-        parquet.cpu_ratios.append(c["store"] / c["polars_parquet"])
-        load.cpu_ratios.append(c["load_dataframe"] / c["bare_select"])
-        read.cpu_ratios.append(c["job_read"] / c["read_parquet"])
-        save.add(t["store"] / t["bare_duckdb"])
-        parquet.add(t["store"] / t["polars_parquet"])
         memory.add(results["store"]["peak_rss_mb"] / rss_limit)
-        load.add(t["load_dataframe"] / t["bare_select"])
-        read.add(t["job_read"] / t["read_parquet"])
         for r, a, b in (
             (save, "store", "bare_duckdb"),
             (parquet, "store", "polars_parquet"),
             (load, "load_dataframe", "bare_select"),
             (read, "job_read", "read_parquet"),
         ):
-            r.time(a, t[a])
-            r.time(b, t[b])
+            r.compare(a, b, t, c)
             for v in (a, b):
                 r.rss_mb[v] = max(r.rss_mb.get(v, 0.0), results[v]["peak_rss_mb"])
         memory.rss_mb["store"] = max(
@@ -658,10 +658,7 @@ def case_merge(work: Path, sizes: Sizes) -> list[Row]:
         for n in (small, large) if rep % 2 == 0 else (large, small):
             report = worker("merge", folder=str(work / "merge" / str(n)), n=n)
             t[n], c[n] = report["seconds"], report["cpu"]
-        growth.add(t[large] / t[small])
-        growth.cpu_ratios.append(c[large] / c[small])
-        growth.time(str(large), t[large])
-        growth.time(str(small), t[small])
+        growth.compare(large, small, t, c)
         absolute.add(t[small] / 3.0)
         absolute.time(str(small), t[small])
         print(f"  merge rep {rep + 1}: {t}", flush=True)
@@ -692,10 +689,7 @@ def case_dryrun(work: Path, sizes: Sizes) -> list[Row]:
             out = (folders[variant] / "snakemake.out").read_text()
             if "total" not in out:
                 raise RuntimeError(f"dry run of {variant} printed no job table")
-        row.add(t["library"] / t["plain"])
-        row.cpu_ratios.append(cpu["library"] / cpu["plain"])
-        row.time("library", t["library"])
-        row.time("plain", t["plain"])
+        row.compare("library", "plain", t, cpu)
         print(f"  dry-run rep {rep + 1}: {t}", flush=True)
         ON_REP([row])
     return [row]
