@@ -296,7 +296,7 @@ CONFIG_CASES = {
         "lock_timeout_seconds",
     ),
     "negative_weight": (
-        VALID.replace("gnomad: 0.20", "gnomad: -0.20").replace("gtex_version", "gtex_version"),
+        VALID.replace("gnomad: 0.20", "gnomad: -0.20"),
         "gnomad",
     ),
     "ensembl_release_below_100": (
