@@ -22,6 +22,7 @@ from pydantic import (
 )
 
 from usher_pipeline.hashing import sha256_json
+from usher_pipeline.persistence.duckdb_store import LOAD_MEMORY_MB
 
 _SUM_TOLERANCE = 1e-6
 LAYER_NAME_PATTERN = r"^[a-z][a-z0-9_]{0,40}$"
@@ -109,7 +110,7 @@ class StoreConfig(BaseModel):
         ),
     )
     load_memory_mb: int = Field(
-        default=128,
+        default=LOAD_MEMORY_MB,
         ge=16,
         description=(
             "DuckDB's memory limit (MB) while a job loads a table into the database (until its "
