@@ -32,6 +32,7 @@ from usher_pipeline.persistence import (
 )
 from usher_pipeline.persistence.duckdb_store import (
     CHECKPOINT_COLUMNS,
+    DUCKDB_ROW_GROUP_ROWS,
     MAX_NAME_LENGTH,
     validate_table_name,
 )
@@ -147,6 +148,21 @@ def test_export_parquet(store: PipelineStore, tmp_path: Path) -> None:
     assert Path(written) == target
     assert_frame_equal(pl.read_parquet(target), frame)
     assert leftovers(target.parent, {"gene_universe.parquet"}) == []
+
+
+def test_large_table_loads_as_full_row_groups(store: PipelineStore) -> None:
+    # Parquet row groups of another size leave a partial DuckDB row group per file row group,
+    # which the checkpoint at close merges and compresses again (and the file grows)
+    n = 3 * DUCKDB_ROW_GROUP_ROWS + 1000
+    frame = pl.DataFrame({"gene": pl.int_range(n, eager=True), "score": pl.Series([0.5] * n)})
+    store.save_dataframe(frame, "wide")
+    with duckdb.connect(str(store.db_path), read_only=True) as conn:
+        groups = conn.sql(
+            "SELECT row_group_id, max(count) FROM pragma_storage_info('wide') "
+            "GROUP BY ALL ORDER BY 1"
+        ).fetchall()
+    assert [rows for _, rows in groups] == [DUCKDB_ROW_GROUP_ROWS] * 3 + [1000]
+    assert_frame_equal(store.load_dataframe("wide"), frame)
 
 
 def test_load_nonexistent_returns_none(store: PipelineStore, tmp_path: Path) -> None:
