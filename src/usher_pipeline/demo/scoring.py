@@ -21,7 +21,7 @@ from collections.abc import Mapping, Sequence
 
 import polars as pl
 
-from usher_pipeline.demo.hpo import DemoDataError
+from usher_pipeline.demo.files import DemoDataError
 
 __all__ = [
     "SCORE_DECIMALS",
