@@ -60,6 +60,7 @@ rule evidence:
         steplog=USHER.steplog("evidence_{layer}"),
     log:
         USHER.log("evidence", "evidence_{layer}"),
+    priority: usher_fetch_priority("evidence_{layer}")
     conda:
         "../envs/usher_pipeline.yaml"
     params:

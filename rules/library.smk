@@ -15,6 +15,7 @@ from pathlib import Path
 
 from usher_pipeline import __version__ as USHER_VERSION
 from usher_pipeline.hashing import sha256_json
+from usher_pipeline.workflow.fetch import remaining_share
 from usher_pipeline.workflow.layout import Layout
 from usher_pipeline.workflow.runguard import claim_workdir
 
@@ -63,6 +64,20 @@ wildcard_constraints:
 def usher_steplogs(wildcards):
     """Every registered step log (resolved when the DAG is built, after registration)."""
     return USHER.steplogs()
+
+
+def usher_fetch_priority(table):
+    """The priority of a job that fetches `table` (a pattern such as "evidence_{layer}") with
+    `job.fetch`: the share of its batches still to fetch, 1 until it starts. After a crash
+    the fetches with the most left to do start first, beside the interrupted ones.
+
+        priority: usher_fetch_priority("evidence_{layer}")
+    """
+
+    def priority(wildcards):
+        return remaining_share(USHER.sentinel(table.format(**wildcards)))
+
+    return priority
 
 
 def usher_ingest_record(wildcards):

@@ -14,7 +14,14 @@ import pytest
 
 from usher_pipeline.persistence import PipelineStore
 from usher_pipeline.workflow import Job, fetch_in_batches, mock_snakemake, plan_batches
-from usher_pipeline.workflow.fetch import AUDIT_VARIABLE, FileLedger, StoreLedger
+from usher_pipeline.workflow.fetch import (
+    AUDIT_VARIABLE,
+    FileLedger,
+    StoreLedger,
+    progress_path,
+    remaining_share,
+    write_progress,
+)
 
 KEYS = list(range(100))
 BATCH = 10
@@ -124,6 +131,50 @@ def test_audit_file_lists_each_fetch_and_commit(tmp_path, monkeypatch):
     assert events == [[event, "things", bid] for bid in ids for event in ("fetched", "committed")]
 
 
+def test_on_commit_counts_the_resumed_then_each_committed_batch(tmp_path):
+    store = PipelineStore(tmp_path / "store.duckdb", lock_timeout=30)
+    seen: list[tuple[int, int]] = []
+    with pytest.raises(Crash):
+        fetch_in_batches(
+            KEYS,
+            Source(fail_on=30),
+            ledger=StoreLedger(store, "things"),
+            batch_size=BATCH,
+            on_commit=lambda done, total: seen.append((done, total)),
+        )
+    assert seen == [(0, 10), (1, 10), (2, 10), (3, 10)]
+    seen.clear()
+    fetch_in_batches(
+        KEYS,
+        Source(),
+        ledger=StoreLedger(store, "things"),
+        batch_size=BATCH,
+        on_commit=lambda done, total: seen.append((done, total)),
+    )
+    assert seen == [(n, 10) for n in range(3, 11)]
+
+
+def test_remaining_share_reads_the_progress_note(tmp_path):
+    sentinel = tmp_path / "results/tables/things.parquet"
+    assert remaining_share(sentinel) == 1.0  # never started
+    note = progress_path(sentinel)
+    assert note == tmp_path / "results/tables/.partial/things.progress.json"
+    write_progress(note, 3, 4)
+    assert remaining_share(sentinel) == 0.25
+    write_progress(note, 4, 4)
+    assert remaining_share(sentinel) == 0.0  # fetched, killed before the save
+    write_progress(note, 0, 0)
+    assert remaining_share(sentinel) == 1.0  # nothing to fetch
+    for garbled in (
+        "",
+        "{",
+        '{"batches_total": 4}',
+        '{"batches_total": "x", "batches_committed": 1}',
+    ):
+        note.write_text(garbled)
+        assert remaining_share(sentinel) == 1.0
+
+
 def test_batch_size_below_one_is_rejected():
     with pytest.raises(ValueError, match="batch_size is 0: use a whole number of at least 1"):
         plan_batches(KEYS, 0, "")
@@ -157,8 +208,10 @@ def run_fetch_job(tmp_path: Path, mode: str, source: Source) -> None:
 
 def test_job_partial_state_is_gone_after_the_save(tmp_path):
     db = tmp_path / "results/pipeline.duckdb"
+    sentinel = tmp_path / "results/tables/things.parquet"
     with pytest.raises(Crash):
         run_fetch_job(tmp_path, "job", Source(fail_on=70))
+    assert remaining_share(sentinel) == 0.3  # the note a resume is scheduled by
     before = tables(db)
     assert before["_partial_things"] == 70
     assert before["_fetch_batches"] == 7
@@ -169,6 +222,7 @@ def test_job_partial_state_is_gone_after_the_save(tmp_path):
     run_fetch_job(tmp_path, "job", rerun)
     assert [c[0] for c in rerun.calls] == [70, 80, 90]
     after = tables(db)
+    assert not (tmp_path / "results/tables/.partial").exists()
     assert "_partial_things" not in after
     assert after["_fetch_batches"] == 0
     assert after["things"] == 100
@@ -185,11 +239,12 @@ def test_head_mode_partial_folder_is_gone_after_the_save(tmp_path):
         run_fetch_job(tmp_path, "head", Source(fail_on=30))
     assert len(list(partial.glob("*.parquet"))) == 3
     assert len(FileLedger(partial).committed()) == 3
+    assert remaining_share(tmp_path / "results/tables/things.parquet") == 0.7
 
     rerun = Source()
     run_fetch_job(tmp_path, "head", rerun)
     assert [c[0] for c in rerun.calls] == [30, 40, 50, 60, 70, 80, 90]
-    assert not partial.exists()
+    assert not partial.parent.exists()
     assert not (tmp_path / "results/pipeline.duckdb").exists()
     saved = pl.read_parquet(tmp_path / "results/tables/things.parquet")
     assert saved.equals(expected_frame())

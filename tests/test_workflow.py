@@ -27,6 +27,7 @@ from usher_pipeline.persistence import PipelineStore
 from usher_pipeline.persistence.fingerprint import fingerprint_parquet
 from usher_pipeline.persistence.provenance import sidecar_path
 from usher_pipeline.workflow.fetch import AUDIT_VARIABLE as AUDIT
+from usher_pipeline.workflow.fetch import progress_path, remaining_share, write_progress
 from usher_pipeline.workflow.runguard import claim_workdir
 
 REPO = Path(__file__).resolve().parents[1]
@@ -477,6 +478,15 @@ def test_killed_run_resumes_without_refetching(tmp_path):
 
     first = audit_lines(first_audit)
     committed_before = {batch for event, _, batch in first if event == "committed"}
+    for layer in DEFAULT_LAYERS:  # each fetch's progress note counts its committed batches
+        sentinel = workdir / f"results/tables/evidence_{layer}.parquet"
+        committed = sum(e == "committed" and t == sentinel.stem for e, t, _ in first)
+        if committed:
+            note = read_json(progress_path(sentinel))
+            assert note["batches_committed"] == committed
+            assert remaining_share(sentinel) < 1.0
+        else:
+            assert remaining_share(sentinel) == 1.0
     assert not (workdir / "results/tables/gene_evidence.parquet").exists()
     finished = ("hpo_terms", "known_usher_genes", "gene_universe")
     steplogs_before = {n: (workdir / f"results/steplogs/{n}.json").read_bytes() for n in finished}
@@ -509,9 +519,27 @@ def test_killed_run_resumes_without_refetching(tmp_path):
     )
 
     assert {t: r["fingerprint"] for t, r in checkpoints(workdir).items()} == expected
+    assert not (workdir / "results/tables/.partial").exists()
     counts = table_counts(workdir)
     assert counts["_fetch_batches"] == 0
     assert not any(name.startswith("_partial_") for name in counts)
+
+
+def test_fetches_with_the_most_left_to_do_start_first(tmp_path):
+    # Progress notes as a killed run leaves them: vestibular and hearing nearly fetched,
+    # retina never started. On one core the jobs run one at a time, in priority order
+    # (without priorities Snakemake starts vestibular here).
+    workdir = copy_workflow(tmp_path / "resume", "small")
+    snakemake(workdir, "--cores", "2", "--until", "gene_universe")
+    for layer in ("vestibular", "hearing"):
+        write_progress(progress_path(workdir / f"results/tables/evidence_{layer}.parquet"), 9, 10)
+    snakemake(workdir, "--cores", "1")
+    started = {
+        layer: read_json(workdir / f"results/steplogs/evidence_{layer}.json")["started_at"]
+        for layer in DEFAULT_LAYERS
+    }
+    assert min(started, key=started.__getitem__) == "retina", started
+    assert not (workdir / "results/tables/.partial").exists()
 
 
 # -- many jobs at once ---------------------------------------------------------------------------

@@ -9,6 +9,7 @@ beside the outputs (`head` mode, where jobs must not write the database).
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
@@ -17,7 +18,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from usher_pipeline._io import atomic_path, remove_stale_temps
+from usher_pipeline._io import atomic_path, remove_stale_temps, write_json_atomic
 from usher_pipeline.hashing import sha256_json
 from usher_pipeline.persistence.duckdb_store import (
     PipelineStore,
@@ -58,6 +59,36 @@ def _audit(event: str, table: str, batch_id: str) -> None:
             os.write(fd, line)
         finally:
             os.close(fd)
+
+
+def progress_path(sentinel: str | Path) -> Path:
+    """Where the fetch of the table behind `sentinel` notes how far it got (see
+    `remaining_share`)."""
+    target = Path(sentinel)
+    return target.parent / ".partial" / f"{target.stem}.progress.json"
+
+
+def write_progress(path: Path, committed: int, total: int) -> None:
+    """Note that `committed` of `total` batches are committed (atomic, not synced: a hint)."""
+    write_json_atomic(path, {"batches_committed": committed, "batches_total": total})
+
+
+def remaining_share(sentinel: str | Path) -> float:
+    """The share of its batches a fetch still has to fetch, from its progress note: 1.0 for a
+    fetch that never started (or whose note is unreadable), less for one a crash interrupted.
+
+    Snakemake reads it as the priority of a fetch job (`usher_fetch_priority`), so that on a
+    resume with fewer cores than jobs the fetches with the most left to do start first and the
+    interrupted ones fill in beside them: the run ends sooner than the other way round.
+    """
+    try:
+        note = json.loads(progress_path(sentinel).read_text(encoding="utf-8"))
+        total, committed = int(note["batches_total"]), int(note["batches_committed"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return 1.0
+    if total <= 0:
+        return 1.0
+    return min(1.0, max(0.0, (total - committed) / total))
 
 
 def plan_batches(keys: Sequence[Any], batch_size: int, signature: str) -> list[tuple[str, list]]:
@@ -200,12 +231,14 @@ def fetch_in_batches(
     signature: str = "",
     label: str = "fetch",
     progress: Callable[[str], None] | None = None,
+    on_commit: Callable[[int, int], None] | None = None,
 ) -> tuple[pl.DataFrame, dict[str, Any]]:
     """Fetch `keys` in batches through `fetch`, committing each batch to `ledger` as it arrives.
 
     Returns the concatenated result in key order and a summary (batches total, resumed,
     fetched, seconds). Batches already committed by an earlier, interrupted run are not
-    fetched again.
+    fetched again. `on_commit(committed, total)` is called once the plan is known and after
+    each commit.
     """
     import polars as pl
 
@@ -218,6 +251,8 @@ def fetch_in_batches(
         f"{label}: {len(plan)} batches of up to {batch_size} keys; {resumed} already committed, "
         f"{len(todo)} to fetch"
     )
+    if on_commit is not None:
+        on_commit(resumed, len(plan))
     started = time.monotonic()
     last_report = 0.0
     for n, (index, batch_id, chunk) in enumerate(todo, start=1):
@@ -225,6 +260,8 @@ def fetch_in_batches(
         _audit("fetched", label, batch_id)
         ledger.commit(batch_id, index, len(chunk), frame)
         _audit("committed", label, batch_id)
+        if on_commit is not None:
+            on_commit(resumed + n, len(plan))
         now = time.monotonic()
         if now - last_report >= 1.0 or n == len(todo):
             last_report = now

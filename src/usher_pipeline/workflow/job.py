@@ -41,6 +41,8 @@ from usher_pipeline.workflow.fetch import (
     FileLedger,
     StoreLedger,
     fetch_in_batches,
+    progress_path,
+    write_progress,
 )
 
 if TYPE_CHECKING:
@@ -244,6 +246,8 @@ class Job:
         partial state is removed in the same transaction that saves the complete table.
         """
         table = self.output(output).stem
+        note = progress_path(self.output(output))
+        remove_stale_temps(note)
         frame, summary = fetch_in_batches(
             keys,
             fetch,
@@ -252,6 +256,7 @@ class Job:
             signature=sha256_json([self.rule, self.wildcards, self.params]),
             label=table,
             progress=self.log.info,
+            on_commit=lambda committed, total: write_progress(note, committed, total),
         )
         self.record_step("batched_fetch", summary)
         return frame
@@ -400,10 +405,12 @@ class Job:
                     ledger.cleanup_in(conn)
             else:
                 ledger.cleanup_in(None)
-                try:  # the last fetch to finish leaves no empty .partial folder behind
-                    (self.output(output).parent / ".partial").rmdir()
-                except OSError:
-                    pass  # another table's batches are still there
+            note = progress_path(self.output(output))
+            note.unlink(missing_ok=True)
+            try:  # the last fetch to finish leaves no empty .partial folder behind
+                note.parent.rmdir()
+            except OSError:
+                pass  # another table's batches or progress are still there
 
 
 def job_logger(name: str, log_path: str | Path | None) -> logging.Logger:
