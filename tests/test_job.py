@@ -191,6 +191,24 @@ def test_step_log_records_the_job(tmp_path, monkeypatch):
     assert checkpoint["description"] == "Usher panel genes"
 
 
+def test_software_versions_of_packages_not_imported_come_from_their_metadata():
+    # a head-mode job never imports duckdb: its version is read from the installed metadata
+    code = textwrap.dedent(
+        """
+        import json, sys
+        from importlib import metadata
+        from usher_pipeline.workflow.steplog import software_versions
+        found = software_versions()
+        assert "duckdb" not in sys.modules
+        print(json.dumps([found["duckdb"], metadata.version("duckdb")]))
+        """
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    reported, installed = json.loads(done.stdout)
+    assert reported == installed
+
+
 def test_step_log_has_no_scheduler_on_a_workstation(tmp_path, no_scheduler):
     assert run_genes_job(tmp_path)["scheduler"] is None
 

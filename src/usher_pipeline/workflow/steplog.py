@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import platform
 import socket
@@ -43,10 +44,32 @@ def software_versions() -> dict[str, str]:
             versions[name] = loaded
             continue
         try:
-            versions[name] = metadata.version(name)
+            versions[name] = _installed_version(name) or metadata.version(name)
         except metadata.PackageNotFoundError:
             versions[name] = "not installed"
     return versions
+
+
+def _installed_version(name: str) -> str | None:
+    """The version in the metadata installed beside package `name`, read without importing it
+    or scanning every installed distribution (which `metadata.version` does, a few ms per
+    job); None when there is no such metadata there."""
+    spec = importlib.util.find_spec(name)
+    if spec is None or not spec.origin:
+        return None
+    origin = Path(spec.origin)
+    site = origin.parent.parent if spec.submodule_search_locations is not None else origin.parent
+    for info in site.glob(f"{name}-*.dist-info"):
+        try:
+            with open(info / "METADATA", encoding="utf-8") as handle:
+                for line in handle:
+                    if line.startswith("Version:"):
+                        return line.split(":", 1)[1].strip()
+                    if not line.strip():  # the headers end at the first blank line
+                        break
+        except OSError:
+            continue
+    return None
 
 
 def scheduler_info() -> dict[str, str] | None:
