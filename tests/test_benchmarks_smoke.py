@@ -53,3 +53,26 @@ def test_benchmark_harness_writes_a_results_table(tmp_path: Path) -> None:
     for variant in ("job", "head"):
         folder = work / "small_jobs" / "small_jobs" / variant
         assert (folder / "results" / "pipeline.duckdb").exists()
+
+    # rewriting the texts keeps how and on what the rows were measured
+    measured = text.split("\n\n", 2)[1]
+    assert measured.startswith("Written by `.venv/bin/python benchmarks/run.py --quick --cases")
+    rewrite = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "benchmarks" / "run.py"),
+            "--report-only",
+            "--work",
+            str(work),
+            "--output",
+            str(output),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
+    assert rewrite.returncode == 0, rewrite.stdout[-2000:] + rewrite.stderr[-2000:]
+    rewritten = output.read_text()
+    assert measured in rewritten
+    assert "by `--report-only` from work/results.json" in rewritten
+    assert rewritten.split("- machine:")[1] == text.split("- machine:")[1]
