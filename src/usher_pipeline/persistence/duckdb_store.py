@@ -34,6 +34,7 @@ from usher_pipeline.persistence.fingerprint import (
     fingerprint_and_schema,
     fingerprint_source,
     parquet_source,
+    schema_of,
 )
 from usher_pipeline.persistence.locking import StoreLock
 
@@ -542,7 +543,7 @@ class PipelineStore:
                 # an append, including the first one, records the table's total
                 fingerprint, row_count, schema = fingerprint_and_schema(conn, quoted)
             else:
-                schema = [[c[0], c[1]] for c in conn.sql(f"DESCRIBE {quoted}").fetchall()]
+                schema = schema_of(conn, quoted)
             row = {
                 "table_name": table_name,
                 "created_at": created_at or datetime.now(UTC).replace(tzinfo=None),
@@ -559,8 +560,9 @@ class PipelineStore:
         return row
 
     def record_checkpoints(self, rows: Sequence[dict[str, Any]]) -> None:
-        """Insert or replace checkpoint rows (as `ingest_parquet` returns them), in one
-        statement."""
+        """Insert or replace checkpoint rows (as `ingest_parquet` returns them): one delete
+        and one insert, in the caller's transaction or a new one (a third cheaper than
+        INSERT OR REPLACE, which every job pays)."""
         latest = {row["table_name"]: row for row in rows}  # a table given twice keeps its last
         if not latest:
             return
@@ -570,7 +572,11 @@ class PipelineStore:
             f"unnest(?::{types.get(name, 'VARCHAR[]')})" for name in CHECKPOINT_COLUMNS
         )
         with self._write() as conn:
-            conn.execute(f"INSERT OR REPLACE INTO {CHECKPOINTS} SELECT {selects}", columns)
+            conn.execute(
+                f"DELETE FROM {CHECKPOINTS} WHERE list_contains(?::VARCHAR[], table_name)",
+                [list(latest)],
+            )
+            conn.execute(f"INSERT INTO {CHECKPOINTS} SELECT {selects}", columns)
 
     def delete_checkpoint(self, table_name: str) -> bool:
         """Drop a table and its checkpoint together; False when neither existed."""

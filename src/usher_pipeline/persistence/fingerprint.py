@@ -27,11 +27,16 @@ def parquet_source(path: str | Path) -> str:
     return f"read_parquet({sql_string(str(path))})"
 
 
+def schema_of(conn: Any, source: str) -> list[list[str]]:
+    """[[column, type], ...] of a FROM clause, as DESCRIBE names them (without running it)."""
+    relation = conn.sql(f"SELECT * FROM {source}")
+    return [[name, str(kind)] for name, kind in zip(relation.columns, relation.types, strict=True)]
+
+
 def fingerprint_and_schema(conn: Any, source: str) -> tuple[str, int, list[list[str]]]:
     """(fingerprint, row count, [[column, type], ...]) of a FROM clause: a quoted table or a
     read_parquet call."""
-    columns = conn.sql(f"DESCRIBE SELECT * FROM {source}").fetchall()
-    schema = [[row[0], row[1]] for row in columns]
+    schema = schema_of(conn, source)
     count, total = conn.sql(
         f"SELECT count(*), coalesce(sum(hash({_ROW})), 0) FROM {source} AS {_ROW}"
     ).fetchall()[0]
