@@ -16,27 +16,23 @@ ROOT = Path(__file__).resolve().parent.parent
 CASES = ["import", "small_jobs", "lock", "big_frame", "merge", "dryrun"]
 
 
-@pytest.mark.slow
-def test_benchmark_harness_writes_a_results_table(tmp_path: Path) -> None:
-    output = tmp_path / "RESULTS.md"
-    work = tmp_path / "work"
+def harness(tmp_path: Path, *args: str) -> None:
+    """Run benchmarks/run.py ARGS with its work folder and results file in `tmp_path`."""
     result = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "benchmarks" / "run.py"),
-            "--quick",
-            "--cases",
-            ",".join(CASES),
-            "--work",
-            str(work),
-            "--output",
-            str(output),
-        ],
+        [sys.executable, str(ROOT / "benchmarks" / "run.py"), *args]
+        + ["--work", str(tmp_path / "work"), "--output", str(tmp_path / "RESULTS.md")],
         capture_output=True,
         text=True,
         cwd=tmp_path,
     )
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+
+
+@pytest.mark.slow
+def test_benchmark_harness_writes_a_results_table(tmp_path: Path) -> None:
+    output = tmp_path / "RESULTS.md"
+    work = tmp_path / "work"
+    harness(tmp_path, "--quick", "--cases", ",".join(CASES))
 
     text = output.read_text()
     assert "| case | compared with | ratio median |" in text
@@ -57,21 +53,7 @@ def test_benchmark_harness_writes_a_results_table(tmp_path: Path) -> None:
     # rewriting the texts keeps how and on what the rows were measured
     measured = text.split("\n\n", 2)[1]
     assert measured.startswith("Written by `.venv/bin/python benchmarks/run.py --quick --cases")
-    rewrite = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "benchmarks" / "run.py"),
-            "--report-only",
-            "--work",
-            str(work),
-            "--output",
-            str(output),
-        ],
-        capture_output=True,
-        text=True,
-        cwd=tmp_path,
-    )
-    assert rewrite.returncode == 0, rewrite.stdout[-2000:] + rewrite.stderr[-2000:]
+    harness(tmp_path, "--report-only")
     rewritten = output.read_text()
     assert measured in rewritten
     assert "by `--report-only` from work/results.json" in rewritten

@@ -11,8 +11,7 @@ checkers see each name as the module's `__getattr__` returns it.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from usher_pipeline._lazy import lazy_attributes
 
 _MODULE_OF = {
     "DemoDataError": "files",
@@ -38,10 +37,4 @@ _MODULE_OF = {
 __all__ = sorted(_MODULE_OF)
 
 
-def __getattr__(name: str) -> Any:
-    module = _MODULE_OF.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
-    globals()[name] = value
-    return value
+__getattr__, __dir__ = lazy_attributes(__name__, _MODULE_OF, globals())
