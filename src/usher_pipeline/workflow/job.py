@@ -242,8 +242,9 @@ class Job:
     ) -> pl.DataFrame:
         """Fetch `keys` in batches, committing each; a rerun fetches only uncommitted batches.
 
-        The batches are tied to this job's params (their hash is the fetch signature), and the
-        partial state is removed in the same transaction that saves the complete table.
+        The batches are tied to this job's params (their hash is the fetch signature). They
+        and the fetch's progress note (see `remaining_share`) are removed once the job has
+        written its step log.
         """
         table = self.output(output).stem
         note = progress_path(self.output(output))
