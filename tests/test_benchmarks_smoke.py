@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-CASES = ["import", "small_jobs", "lock", "big_frame", "merge", "dryrun"]
+CASES = ["import", "small_jobs", "lock", "big_frame", "merge", "dryrun", "demo_restart"]
 
 
 def harness(tmp_path: Path, *args: str) -> None:
@@ -39,7 +39,8 @@ def test_benchmark_harness_writes_a_results_table(tmp_path: Path) -> None:
     assert "- machine:" in text and "duckdb" in text and "polars" in text
     rows = json.loads((work / "results.json").read_text())
     cases = " ".join(row["case"] for row in rows)
-    for expected in ("small jobs", "store lock", "save", "load_dataframe", "merge", "-n"):
+    expected_cases = ("small jobs", "store lock", "save", "load_dataframe", "merge", "-n")
+    for expected in (*expected_cases, "rerun of the demo after", "replayed in plain Snakemake"):
         assert expected in cases
     for row in rows:
         assert row["ratios"], f"no measurement for {row['case']}"
