@@ -7,6 +7,7 @@ import datetime as dt
 import fcntl
 import json
 import os
+import re
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -28,12 +29,14 @@ from usher_pipeline.persistence import (
     PipelineStore,
     StoreError,
     TableNotFound,
+    UnreadableResult,
     UnsupportedFrameType,
 )
 from usher_pipeline.persistence.duckdb_store import (
     CHECKPOINT_COLUMNS,
     DUCKDB_ROW_GROUP_ROWS,
     MAX_NAME_LENGTH,
+    relation_frame,
     validate_table_name,
 )
 from usher_pipeline.persistence.fingerprint import fingerprint_parquet
@@ -645,6 +648,70 @@ def test_execute_query_write_statements_work(store: PipelineStore) -> None:
 def test_execute_query_errors_propagate(store: PipelineStore) -> None:
     with pytest.raises(duckdb.Error):
         store.execute_query("SELECT * FROM no_such_table")
+
+
+RESULT_TYPES = {
+    "big": "170141183460469231731687303715884105727::HUGEINT",
+    "unsigned": "18446744073709551615::UBIGINT",
+    "small": "7::UTINYINT",
+    "real": "1.5::FLOAT",
+    "money": "12.34::DECIMAL(38, 10)",
+    "uuid": "'550e8400-e29b-41d4-a716-446655440000'::UUID",
+    "clock": "TIME '12:34:56'",
+    "day": "DATE '2024-02-29'",
+    "nanos": "TIMESTAMP_NS '2024-01-01 00:00:00.123456789'",
+    "seconds": "TIMESTAMP_S '2024-01-01 00:00:01'",
+    "aware": "TIMESTAMPTZ '2024-01-01 00:00:00+00'",
+    "mood": "'ok'::ENUM('sad', 'ok')",
+    "bits": "'0101'::BIT",
+    "blob": "'\\xAA'::BLOB",
+    "mapping": "MAP {'a': 1}",
+    "triple": "[1, 2, 3]::INTEGER[3]",
+    "nested": "[{'a': 1, 'b': ['x', NULL]}]",
+    "nothing": "NULL",
+}
+
+
+def test_results_load_as_duckdb_would_give_them_to_polars(store: PipelineStore) -> None:
+    conn = duckdb.connect()
+    conn.execute("SET TimeZone = 'UTC'")  # as the store's connections do
+    query = "SELECT " + ", ".join(f"{e} AS {n}" for n, e in RESULT_TYPES.items())
+    assert_frame_equal(relation_frame(conn.sql(query)), conn.sql(query).pl())
+    store.execute_query(f"CREATE TABLE odd AS {query}")
+    assert_frame_equal(store.load_dataframe("odd"), conn.sql(query).pl())
+
+
+@pytest.mark.parametrize(
+    ("expression", "kind"),
+    [
+        ("INTERVAL 3 DAY", "INTERVAL"),
+        ("union_value(k := 1)::UNION(k INT, s TEXT)", "UNION(k INTEGER, s VARCHAR)"),
+        ("{'inner': [INTERVAL 1 DAY]}", 'STRUCT("inner" INTERVAL[])'),
+    ],
+)
+def test_result_column_polars_cannot_hold_is_named(store, expression, kind) -> None:
+    store.execute_query(f"CREATE TABLE odd AS SELECT 1 AS fine, {expression} AS span")
+    with pytest.raises(UnreadableResult, match=re.escape(f"column 'span' ({kind}) has a type")):
+        store.load_dataframe("odd")
+    with pytest.raises(UnreadableResult, match="cast in SQL"):
+        store.execute_query("SELECT * FROM odd")
+
+
+def test_loads_and_queries_never_import_pyarrow(run_python) -> None:
+    done = run_python(
+        """
+        import sys
+        import polars as pl
+        from usher_pipeline.persistence import PipelineStore
+
+        store = PipelineStore("p/pipeline.duckdb")
+        store.save_dataframe(pl.DataFrame({"a": [1, 2], "b": ["x", None]}), "t")
+        assert store.load_dataframe("t").rows() == [(1, "x"), (2, None)]
+        assert store.execute_query("SELECT sum(a) AS s FROM t").rows() == [(3,)]
+        print("pyarrow" in sys.modules)
+        """
+    )
+    assert done.stdout.strip() == "False"
 
 
 # -- the issue's "Done when" check ----------------------------------------------------------

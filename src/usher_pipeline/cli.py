@@ -358,6 +358,8 @@ def _query_frame(settings: Settings, sql: str) -> pl.DataFrame:
     import duckdb
     import polars as pl
 
+    from usher_pipeline.persistence.duckdb_store import relation_frame
+
     if not settings.db.exists():
         raise CommandError(
             f"database {settings.db} does not exist: run the workflow or pass --db FILE"
@@ -366,7 +368,7 @@ def _query_frame(settings: Settings, sql: str) -> pl.DataFrame:
     try:
         with store.connect(write=False) as conn:
             relation = conn.sql(sql)
-            return relation.pl() if relation is not None else pl.DataFrame()
+            return relation_frame(relation) if relation is not None else pl.DataFrame()
     except duckdb.Error as exc:
         first = " ".join(str(exc).split())[:200]
         if "read-only" in first:

@@ -10,6 +10,7 @@ from usher_pipeline.persistence.errors import (
     StoreFileError,
     StoreLockTimeout,
     TableNotFound,
+    UnreadableResult,
     UnsupportedFrameType,
 )
 from usher_pipeline.persistence.provenance import ProvenanceTracker, sidecar_path
@@ -25,6 +26,7 @@ __all__ = [
     "StoreFileError",
     "StoreLockTimeout",
     "TableNotFound",
+    "UnreadableResult",
     "UnsupportedFrameType",
     "sidecar_path",
     "validate_table_name",

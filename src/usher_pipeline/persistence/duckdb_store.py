@@ -28,6 +28,7 @@ from usher_pipeline.persistence.errors import (
     StoreFileError,
     StoreLockTimeout,
     TableNotFound,
+    UnreadableResult,
     UnsupportedFrameType,
 )
 from usher_pipeline.persistence.fingerprint import (
@@ -124,6 +125,44 @@ def validate_table_name(name: object, *, internal: bool = False) -> str:
             "underscores, starting with a letter"
         )
     return name
+
+
+def _polars_cannot_hold(kind: duckdb.DuckDBPyType) -> bool:
+    """Whether a DuckDB type is, or nests, one that polars cannot take from Arrow."""
+    if kind.id in ("interval", "union"):
+        return True
+    if kind.id in ("struct", "list", "map", "array"):
+        return any(_polars_cannot_hold(c) for _, c in kind.children if hasattr(c, "id"))
+    return False
+
+
+def relation_frame(relation: duckdb.DuckDBPyRelation) -> pl.DataFrame:
+    """The rows of `relation` as a polars DataFrame, handed over as an Arrow C stream.
+
+    `relation.pl()` goes through a pyarrow table, and importing pyarrow costs each process
+    that loads a table 60 ms or more; the stream gives the same types without it. Columns of a
+    type polars cannot hold (INTERVAL, UNION, also nested) are refused by name.
+    """
+    import polars as pl
+
+    found = [
+        f"'{name}' ({kind})"
+        for name, kind in zip(relation.columns, relation.types, strict=True)
+        if _polars_cannot_hold(kind)
+    ]
+    if found:
+        what = "column {} has a type" if len(found) == 1 else "columns {} have types"
+        raise UnreadableResult(
+            f"{what.format(', '.join(found))} polars cannot hold: cast in SQL, e.g. to VARCHAR, "
+            "or an INTERVAL to seconds with epoch()"
+        )
+    try:
+        return pl.DataFrame(relation)
+    except pl.exceptions.PanicException as exc:  # a BaseException: would escape as a crash
+        raise UnreadableResult(
+            f"the result cannot be handed to polars ({str(exc).splitlines()[0][:160]}): cast "
+            "the column it names in SQL, e.g. to VARCHAR"
+        ) from None
 
 
 def to_polars(df: object) -> pl.DataFrame:
@@ -637,7 +676,7 @@ class PipelineStore:
             if conn is None or not self._table_exists(conn, table_name):
                 return None
             relation = conn.sql(f"SELECT * FROM {quote_identifier(table_name)}")
-            return relation.pl() if as_polars else relation.df()
+            return relation_frame(relation) if as_polars else relation.df()
 
     def fingerprint(self, table_name: str) -> str | None:
         """The content fingerprint of the table as stored now, or None when it does not exist."""
@@ -678,7 +717,7 @@ class PipelineStore:
 
         def run(conn: duckdb.DuckDBPyConnection) -> pl.DataFrame:
             relation = conn.sql(query, params=params)
-            return relation.pl() if relation is not None else pl.DataFrame()
+            return relation_frame(relation) if relation is not None else pl.DataFrame()
 
         if self._conn is not None:
             return run(self._conn)

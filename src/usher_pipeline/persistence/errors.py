@@ -25,6 +25,10 @@ class InvalidFrame(StoreError, ValueError):
     """A frame the store cannot represent faithfully (no columns, duplicate or object columns)."""
 
 
+class UnreadableResult(StoreError, TypeError):
+    """A query result with a column type that polars cannot hold (INTERVAL, UNION)."""
+
+
 class StoreFileError(StoreError):
     """The database path is not a usable DuckDB file (a directory, unreadable, corrupt)."""
 

@@ -23,6 +23,7 @@ from usher_pipeline.hashing import sha256_json
 from usher_pipeline.persistence.duckdb_store import (
     PipelineStore,
     quote_identifier,
+    relation_frame,
     retype_null_columns,
     to_polars,
     write_parquet,
@@ -167,7 +168,7 @@ class StoreLedger:
             return None
         order = {batch_id: i for i, batch_id in enumerate(batch_ids)}
         with self.store.connect(write=False) as conn:
-            frame = conn.sql(f"SELECT * FROM {self.staging}").pl()
+            frame = relation_frame(conn.sql(f"SELECT * FROM {self.staging}"))
         import polars as pl
 
         frame = frame.filter(pl.col("_batch_id").is_in(list(order)))
