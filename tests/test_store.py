@@ -679,6 +679,8 @@ def test_results_load_as_duckdb_would_give_them_to_polars(store: PipelineStore) 
     assert_frame_equal(relation_frame(conn.sql(query)), conn.sql(query).pl())
     store.execute_query(f"CREATE TABLE odd AS {query}")
     assert_frame_equal(store.load_dataframe("odd"), conn.sql(query).pl())
+    repeated = "SELECT 1 AS a, 'x' AS A, 2.5 AS a_1, 3 AS a"
+    assert store.execute_query(repeated).columns == conn.sql(repeated).pl().columns
 
 
 @pytest.mark.parametrize(

@@ -156,6 +156,9 @@ def relation_frame(relation: duckdb.DuckDBPyRelation) -> pl.DataFrame:
             f"{what.format(', '.join(found))} polars cannot hold: cast in SQL, e.g. to VARCHAR, "
             "or an INTERVAL to seconds with epoch()"
         )
+    if len({name.lower() for name in relation.columns}) < len(relation.columns):
+        # repeated names (DuckDB ignores case): a subquery renames them, as pl() does
+        relation = relation.query("result", "SELECT * FROM result")
     try:
         return pl.DataFrame(relation)
     except pl.exceptions.PanicException as exc:  # a BaseException: would escape as a crash
