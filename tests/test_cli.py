@@ -365,13 +365,8 @@ def test_query_refuses_to_write(run_copy, monkeypatch, capsys):
 
 
 def test_query_result_polars_cannot_hold_is_one_sentence(demo_run, monkeypatch, capsys):
-    code, _, err = cli(
-        demo_run,
-        "query",
-        "SELECT rank, INTERVAL 3 DAY AS span FROM candidate_tiers LIMIT 1",
-        monkeypatch=monkeypatch,
-        capsys=capsys,
-    )
+    sql = "SELECT rank, INTERVAL 3 DAY AS span FROM candidate_tiers LIMIT 1"
+    code, _, err = cli(demo_run, "query", sql, monkeypatch=monkeypatch, capsys=capsys)
     assert code == 1
     assert err.strip() == (
         "usher-pipeline: error: column 'span' (INTERVAL) has a type polars cannot hold: cast "
