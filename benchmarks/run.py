@@ -783,7 +783,7 @@ def case_demo_restart(work: Path, sizes: Sizes) -> list[Row]:
         "<= 0.6, no batch fetched twice",
         0.6,
     )
-    floor = Row(
+    replayed = Row(
         "rerun of the demo replayed in plain Snakemake, resuming exactly the batches left",
         "the same replay, uninterrupted",
         "report",
@@ -854,10 +854,10 @@ def case_demo_restart(work: Path, sizes: Sizes) -> list[Row]:
             f"committed batches fetched again: {refetched_committed}; batches in flight at the "
             f"kill fetched again: {refetched_in_flight}; fetches in all: {fetched_total}"
         )
-        floor.compare("rerun", "uninterrupted", *replay(work, full, before, done_at_kill))
-        print(f"  demo replay rep {rep + 1}: {floor.ratios[-1]:.3f}", flush=True)
-        ON_REP([row, floor])
-    return [row, floor]
+        replayed.compare("rerun", "uninterrupted", *replay(work, full, before, done_at_kill))
+        print(f"  demo replay rep {rep + 1}: {replayed.ratios[-1]:.3f}", flush=True)
+        ON_REP([row, replayed])
+    return [row, replayed]
 
 
 def replay(
