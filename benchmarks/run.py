@@ -716,6 +716,14 @@ def demo_config(folder: Path, sizes: Sizes) -> None:
     path.write_text(text)
 
 
+def committed_per_table(events: list[tuple[str, str, str]]) -> dict[str, int]:
+    """How many batches of each table the audit events record as committed."""
+    counts: dict[str, int] = {}
+    for event, table, _ in events:
+        counts[table] = counts.get(table, 0) + (event == "committed")
+    return counts
+
+
 def read_audit(path: Path) -> list[tuple[str, str, str]]:
     if not path.exists():
         return []
@@ -799,7 +807,7 @@ def case_demo_restart(work: Path, sizes: Sizes) -> list[Row]:
         full_env = bench_env(USHER_FETCH_AUDIT=str(full_audit))
         full_seconds = run_snakemake(full, "--rerun-incomplete", env=full_env)
         full_cpu = CPU[str(full)]
-        batches = sum(1 for event, _, _ in read_audit(full_audit) if event == "committed")
+        batches = sum(committed_per_table(read_audit(full_audit)).values())
         killed = copy_demo(work / "demo" / "killed", sizes)
         demo_config(killed, sizes)
         audit = killed / "fetch_audit.txt"
@@ -821,7 +829,7 @@ def case_demo_restart(work: Path, sizes: Sizes) -> list[Row]:
             )
             # half of the demo's work is its fetch batches: kill once half are committed (a
             # wall-clock point would drift with the machine's load)
-            while sum(1 for e, _, _ in read_audit(audit) if e == "committed") < batches / 2:
+            while sum(committed_per_table(read_audit(audit)).values()) < batches / 2:
                 if process.poll() is not None:
                     raise RuntimeError("the demo finished before the kill: nothing to measure")
                 time.sleep(0.02)
@@ -869,12 +877,8 @@ def replay(
     one with the most left first. The library's provenance job has no counterpart here.
     Returns the wall and CPU seconds of 'uninterrupted' and 'rerun'."""
     jobs = demo_jobs(full)
-    total: dict[str, int] = {}
-    for event, table, _ in read_audit(full / "fetch_audit.txt"):
-        total[table] = total.get(table, 0) + (event == "committed")
-    committed: dict[str, int] = {}
-    for event, table, _ in before_rerun:
-        committed[table] = committed.get(table, 0) + (event == "committed")
+    total = committed_per_table(read_audit(full / "fetch_audit.txt"))
+    committed = committed_per_table(before_rerun)
     for name in total:
         jobs[name].priority = 1.0
     folder = write_replay(work / "demo" / "replay_full", jobs, set())
