@@ -370,3 +370,28 @@ def test_stale_temps_are_removed_even_when_the_writers_pid_was_reused(tmp_path):
     finally:
         other.kill()
         other.wait()
+
+
+def test_stale_temps_of_a_killed_writer_not_yet_reaped_are_removed(tmp_path):
+    import os
+    import time
+
+    from usher_pipeline._io import remove_stale_temps
+
+    # a job killed together with its parent stays a zombie until init reaps it: its PID
+    # still answers, with a start time before its file's last write
+    writer = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        left = tmp_path / f".genes.parquet.{writer.pid}.0ddba11.tmp"
+        left.write_bytes(b"half a sentinel")
+        writer.kill()
+        deadline = time.monotonic() + 10
+        while Path(f"/proc/{writer.pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z":
+            assert time.monotonic() < deadline, "the killed writer never became a zombie"
+            time.sleep(0.01)
+        os.kill(writer.pid, 0)  # its PID still answers
+        assert remove_stale_temps(tmp_path / "genes.parquet") == [left]
+        assert not left.exists()
+    finally:
+        writer.kill()
+        writer.wait()

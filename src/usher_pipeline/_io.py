@@ -17,30 +17,36 @@ def temp_path_for(target: Path) -> Path:
     return target.with_name(f".{target.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
 
 
-def process_started_at(pid: int) -> float | None:
-    """When process `pid` started (seconds since the epoch), or None where /proc cannot say."""
+def _process_stat(pid: int) -> tuple[str, float] | None:
+    """The state letter of process `pid` and when it started (seconds since the epoch), or
+    None where /proc cannot say."""
     try:
         with open(f"/proc/{pid}/stat", encoding="ascii") as handle:
             fields = handle.read().rsplit(")", 1)[1].split()
         with open("/proc/uptime", encoding="ascii") as handle:
             uptime = float(handle.read().split()[0])
         ticks = int(fields[19])  # field 22 of stat(5); the first two precede the ")"
-        return time.time() - uptime + ticks / os.sysconf("SC_CLK_TCK")
+        return fields[0], time.time() - uptime + ticks / os.sysconf("SC_CLK_TCK")
     except (OSError, IndexError, ValueError):
         return None
 
 
 def writer_is_gone(pid: int, written_at: float) -> bool:
-    """True when no process `pid` runs, or the one that does started after `written_at`: the
-    writer died and its PID went to a new process (PIDs wrap around quickly on a busy node)."""
+    """True when no process `pid` runs: none has that PID, it has exited and waits to be
+    reaped (a killed job whose parent died too stays a zombie until init reaps it), or the
+    one that has it started after `written_at`: the writer died and its PID went to a new
+    process (PIDs wrap around quickly on a busy node)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return True
     except OSError:
         pass  # alive, under another user
-    started = process_started_at(pid)
-    return started is not None and started > written_at + 0.1  # /proc's clock-tick rounding
+    stat = _process_stat(pid)
+    if stat is None:
+        return False
+    state, started = stat
+    return state in ("Z", "X") or started > written_at + 0.1  # /proc's clock-tick rounding
 
 
 def remove_stale_temps(target: Path, suffixes: tuple[str, ...] = (".tmp",)) -> list[Path]:
