@@ -800,6 +800,7 @@ def case_demo_restart(work: Path, sizes: Sizes) -> list[Row]:
     refetched_committed = 0
     refetched_in_flight = 0
     fetched_total = 0
+    kill_shares: list[float] = []
     for rep in range(sizes.repeats):
         full = copy_demo(work / "demo" / "full", sizes)
         demo_config(full, sizes)
@@ -824,6 +825,7 @@ def case_demo_restart(work: Path, sizes: Sizes) -> list[Row]:
             "--rerun-incomplete",
         ]
         with open(killed / "killed.out", "w") as out:
+            launched = time.perf_counter()
             process = subprocess.Popen(
                 command, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True
             )
@@ -834,6 +836,7 @@ def case_demo_restart(work: Path, sizes: Sizes) -> list[Row]:
                     raise RuntimeError("the demo finished before the kill: nothing to measure")
                 time.sleep(0.02)
             os.killpg(process.pid, signal.SIGKILL)
+            kill_shares.append((time.perf_counter() - launched) / full_seconds)
             process.wait()
         before = read_audit(audit)
         done_at_kill = {p.stem for p in (killed / "results" / "steplogs").glob("*.json")}
@@ -860,7 +863,9 @@ def case_demo_restart(work: Path, sizes: Sizes) -> list[Row]:
         row.ok_extra = refetched_committed == 0
         row.extra = (
             f"committed batches fetched again: {refetched_committed}; batches in flight at the "
-            f"kill fetched again: {refetched_in_flight}; fetches in all: {fetched_total}"
+            f"kill fetched again: {refetched_in_flight}; fetches in all: {fetched_total}; "
+            f"killed at {statistics.median(kill_shares):.0%} of the uninterrupted run's time "
+            f"(median; {min(kill_shares):.0%} to {max(kill_shares):.0%})"
         )
         replayed.compare("rerun", "uninterrupted", *replay(work, full, before, done_at_kill))
         print(f"  demo replay rep {rep + 1}: {replayed.ratios[-1]:.3f}", flush=True)
@@ -1347,13 +1352,14 @@ NOTES = """
   fingerprint, SHA-256, step log).
 - Demo restart: the demo is copied to the work directory, run once uninterrupted, then run
   again from scratch and killed (SIGKILL to the whole process group) once half of its fetch
-  batches are committed; the rerun (the same command: the library clears the stale Snakemake
-  locks) is timed. USHER_FETCH_AUDIT records every fetched and committed batch. The replay
-  row runs the same DAG in plain Snakemake: one rule per demo job that sleeps the seconds its
-  step log measured in the uninterrupted run; its rerun starts from the jobs finished at the
-  kill and lets each unfinished fetch sleep only its share of the batches not yet committed.
-  It is the ratio plain Snakemake allows a perfect resume of this run; the library's
-  provenance job has no counterpart in it.
+  batches are committed (the notes give when, as a share of the uninterrupted run's time);
+  the rerun (the same command: the library clears the stale Snakemake locks) is timed.
+  USHER_FETCH_AUDIT records every fetched and committed batch. The replay row runs the same
+  DAG in plain Snakemake: one rule per demo job that sleeps the seconds its step log measured
+  in the uninterrupted run; its rerun starts from the jobs finished at the kill and lets each
+  unfinished fetch sleep only its share of the batches not yet committed. It is the ratio
+  plain Snakemake allows a perfect resume of this run; the library's provenance job has no
+  counterpart in it.
 - Merge: synthetic step logs; before each timed merge the previous repetition's sidecars are
   moved aside (deleted after the last one) and written back to disk (`sync`), so neither
   their deletion nor their write-back runs during the merge.
