@@ -356,7 +356,6 @@ def cmd_lineage(args: argparse.Namespace, settings: Settings | None) -> int:
 def _query_frame(settings: Settings, sql: str) -> pl.DataFrame:
     """Run SQL on a read-only connection under the store's shared lock."""
     import duckdb
-    import polars as pl
 
     from usher_pipeline.persistence.duckdb_store import relation_frame
 
@@ -367,8 +366,7 @@ def _query_frame(settings: Settings, sql: str) -> pl.DataFrame:
     store = settings.store()
     try:
         with store.connect(write=False) as conn:
-            relation = conn.sql(sql)
-            return relation_frame(relation) if relation is not None else pl.DataFrame()
+            return relation_frame(conn.sql(sql))
     except duckdb.Error as exc:
         first = " ".join(str(exc).split())[:200]
         if "read-only" in first:

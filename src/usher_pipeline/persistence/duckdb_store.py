@@ -136,8 +136,9 @@ def _polars_cannot_hold(kind: duckdb.DuckDBPyType) -> bool:
     return False
 
 
-def relation_frame(relation: duckdb.DuckDBPyRelation) -> pl.DataFrame:
-    """The rows of `relation` as a polars DataFrame, handed over as an Arrow C stream.
+def relation_frame(relation: duckdb.DuckDBPyRelation | None) -> pl.DataFrame:
+    """The rows of `relation` as a polars DataFrame, handed over as an Arrow C stream; an
+    empty frame for None (what `conn.sql` returns for a statement).
 
     `relation.pl()` goes through a pyarrow table, and importing pyarrow costs each process
     that loads a table 60 ms or more; the stream gives the same types without it. Columns of a
@@ -145,6 +146,8 @@ def relation_frame(relation: duckdb.DuckDBPyRelation) -> pl.DataFrame:
     """
     import polars as pl
 
+    if relation is None:
+        return pl.DataFrame()
     found = [
         f"'{name}' ({kind})"
         for name, kind in zip(relation.columns, relation.types, strict=True)
@@ -716,11 +719,9 @@ class PipelineStore:
         another; a statement that writes is retried once under the exclusive lock.
         """
         import duckdb
-        import polars as pl
 
         def run(conn: duckdb.DuckDBPyConnection) -> pl.DataFrame:
-            relation = conn.sql(query, params=params)
-            return relation_frame(relation) if relation is not None else pl.DataFrame()
+            return relation_frame(conn.sql(query, params=params))
 
         if self._conn is not None:
             return run(self._conn)
