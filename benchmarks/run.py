@@ -808,7 +808,8 @@ def case_demo_restart(work: Path, sizes: Sizes) -> list[Row]:
         full_env = bench_env(USHER_FETCH_AUDIT=str(full_audit))
         full_seconds = run_snakemake(full, "--rerun-incomplete", env=full_env)
         full_cpu = CPU[str(full)]
-        batches = sum(committed_per_table(read_audit(full_audit)).values())
+        full_committed = committed_per_table(read_audit(full_audit))
+        batches = sum(full_committed.values())
         killed = copy_demo(work / "demo" / "killed", sizes)
         demo_config(killed, sizes)
         audit = killed / "fetch_audit.txt"
@@ -867,22 +868,28 @@ def case_demo_restart(work: Path, sizes: Sizes) -> list[Row]:
             f"killed at {statistics.median(kill_shares):.0%} of the uninterrupted run's time "
             f"(median; {min(kill_shares):.0%} to {max(kill_shares):.0%})"
         )
-        replayed.compare("rerun", "uninterrupted", *replay(work, full, before, done_at_kill))
+        replayed.compare(
+            "rerun", "uninterrupted", *replay(work, full, full_committed, before, done_at_kill)
+        )
         print(f"  demo replay rep {rep + 1}: {replayed.ratios[-1]:.3f}", flush=True)
         ON_REP([row, replayed])
     return [row, replayed]
 
 
 def replay(
-    work: Path, full: Path, before_rerun: list[tuple[str, str, str]], done: set[str]
+    work: Path,
+    full: Path,
+    total: dict[str, int],
+    before_rerun: list[tuple[str, str, str]],
+    done: set[str],
 ) -> tuple[dict[str, float], dict[str, float]]:
     """What plain Snakemake allows the demo's rerun: the demo's DAG and job times, run whole,
     then resumed as an ideal fetch would: the jobs done at the kill skipped, and each
     unfinished fetch sleeping only its share of the batches not committed at the kill, the
-    one with the most left first. The library's provenance job has no counterpart here.
-    Returns the wall and CPU seconds of 'uninterrupted' and 'rerun'."""
+    one with the most left first (`total`: each fetch's batches in the uninterrupted run).
+    The library's provenance job has no counterpart here. Returns the wall and CPU seconds
+    of 'uninterrupted' and 'rerun'."""
     jobs = demo_jobs(full)
-    total = committed_per_table(read_audit(full / "fetch_audit.txt"))
     committed = committed_per_table(before_rerun)
     for name in total:
         jobs[name].priority = 1.0

@@ -278,9 +278,11 @@ other = threading.Timer(60, lambda: None)  # not the scheduler's: must be left a
 other.daemon = True
 other.start()
 
+def pending():
+    return sum(not timer.finished.is_set() for timer in scheduler_timers())
+
 def at_shutdown():
-    timers = scheduler_timers()
-    seen["pending_at_shutdown"] = sum(not t.finished.is_set() for t in timers)
+    seen["pending_at_shutdown"] = pending()
     seen["other_cancelled"] = other.finished.is_set()
     seen["frozen_objects"] = gc.get_freeze_count()
     print(json.dumps(seen), flush=True)
@@ -290,7 +292,7 @@ try:
     main(["--snakefile", sys.argv[1], "--directory", sys.argv[2], "--cores", "1", "--quiet"])
 except SystemExit as done:
     seen["exit"] = done.code
-seen["pending_after_run"] = sum(not t.finished.is_set() for t in scheduler_timers())
+seen["pending_after_run"] = pending()
 """
 
 
