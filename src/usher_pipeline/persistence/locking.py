@@ -22,6 +22,10 @@ from usher_pipeline.persistence.errors import StoreFileError, StoreLockTimeout
 
 _POLL_START = 0.002
 _POLL_MAX = 0.05
+# A new holder that waits for a process outside the lock says so once its first open of the
+# DuckDB file fails (tens of milliseconds); a waiter whose time runs out in that moment waits
+# this much longer, so that its error names the process to close.
+_HANDOVER_GRACE = 0.5
 
 # flock belongs to an open file description, so two handles in one process would block each
 # other; one re-entrant lock per lock file keeps threads and nested stores of one process in
@@ -164,9 +168,20 @@ class StoreLock:
         except OSError:
             pass
 
+    def _holder_just_arrived(self) -> bool:
+        """Whether the lock changed hands moments ago and its new holder has not yet said
+        whether it waits for a process outside the lock."""
+        try:
+            age = time.time() - self.path.stat().st_mtime
+        except OSError:
+            return False
+        who = describe_holder(self.path)
+        return age < _HANDOVER_GRACE and bool(who) and "which is waiting for" not in who
+
     def _acquire(self, fd: int, exclusive: bool, deadline: float, started: float) -> None:
         mode = (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH) | fcntl.LOCK_NB
         delay = _POLL_START
+        graced = False
         while True:
             try:
                 fcntl.flock(fd, mode)
@@ -174,7 +189,9 @@ class StoreLock:
             except BlockingIOError:
                 now = time.monotonic()
                 if now >= deadline:
-                    raise self.timeout_error(now - started) from None
+                    if graced or not self._holder_just_arrived():
+                        raise self.timeout_error(now - started) from None
+                    deadline, graced = now + _HANDOVER_GRACE, True
                 time.sleep(min(delay, max(0.0, deadline - now)))
                 delay = min(delay * 2, _POLL_MAX)
 
