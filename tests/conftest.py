@@ -1,4 +1,5 @@
-"""Shared fixtures: a store in a temporary folder and a way to run Python in a real subprocess."""
+"""Shared fixtures: a store in a temporary folder, a way to run Python in a real subprocess,
+and a real process holding the store's lock file."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from usher_pipeline.persistence import PipelineStore
+from usher_pipeline.persistence import PipelineStore, StoreLockTimeout
+from usher_pipeline.persistence.locking import StoreLock
 
 
 @pytest.fixture
@@ -47,5 +49,58 @@ def run_python(tmp_path: Path) -> Callable[..., subprocess.CompletedProcess[str]
         if check and done.returncode != 0:
             pytest.fail(f"subprocess failed ({done.returncode}):\n{done.stderr}")
         return done
+
+    return run
+
+
+# Holds the store's lock file until a line arrives on stdin: through a store transaction, as a
+# bare StoreLock does (naming itself), or as a process does in the moment between taking the
+# flock and naming itself.
+HOLD_LOCK_FILE = """
+import fcntl, os, sys
+from pathlib import Path
+from usher_pipeline.persistence import PipelineStore
+from usher_pipeline.persistence.locking import StoreLock
+db, how = Path(sys.argv[1]), sys.argv[2]
+if how == "unnamed":
+    fd = os.open(f"{db}.lock", os.O_RDWR | os.O_CREAT)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    held = None
+else:
+    store = PipelineStore(db, lock_timeout=60)
+    held = store.transaction() if how == "transaction" else StoreLock(db, timeout=60).hold()
+    held.__enter__()
+print("ready", flush=True)
+sys.stdin.readline()
+if held is not None:
+    held.__exit__(None, None, None)
+"""
+
+
+@pytest.fixture
+def lock_wait_error() -> Callable[..., tuple[str, int]]:
+    """The error of a waiter that gives up while another process holds the lock file, held
+    "transaction", "named" or "unnamed"; and that process's PID. The waiter is `wait`, or a
+    bare lock wait of 0.05 s."""
+
+    def run(db_path: Path, how: str, wait: Callable[[], object] | None = None) -> tuple[str, int]:
+        holder = subprocess.Popen(
+            python_command(HOLD_LOCK_FILE, db_path, how),
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            assert holder.stdout is not None and holder.stdout.readline().strip() == "ready"
+            with pytest.raises(StoreLockTimeout) as info:
+                if wait is None:
+                    with StoreLock(db_path, timeout=0.05).hold():
+                        pass
+                else:
+                    wait()
+        finally:
+            holder.communicate("go\n", timeout=30)
+        assert holder.returncode == 0
+        return str(info.value), holder.pid
 
     return run

@@ -17,7 +17,7 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from usher_pipeline.persistence import PipelineStore, StoreLockTimeout
+from usher_pipeline.persistence import PipelineStore
 from usher_pipeline.persistence.fingerprint import fingerprint_parquet
 
 REPO = Path(__file__).resolve().parents[1]
@@ -294,31 +294,15 @@ def test_readers_never_fail_nor_see_a_table_without_its_checkpoint_during_a_run(
     assert max(r["max_tables"] for r in reports) > 0  # they read while tables appeared
 
 
-def test_waiting_writer_times_out_with_one_sentence_naming_the_lock_holder(tmp_path):
+def test_waiting_writer_times_out_with_one_sentence_naming_the_lock_holder(
+    tmp_path, lock_wait_error
+):
     """The store's own lock: a writer that cannot get it in time names who holds it."""
     db = tmp_path / "pipeline.duckdb"
     PipelineStore(db)
-    code = """
-import sys
-from pathlib import Path
-from usher_pipeline.persistence import PipelineStore
-store = PipelineStore(Path(sys.argv[1]), lock_timeout=60)
-with store.transaction():
-    print("locked", flush=True)
-    sys.stdin.readline()
-"""
-    holder = subprocess.Popen(
-        [sys.executable, "-c", textwrap.dedent(code), str(db)],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
+    frame = pl.DataFrame({"x": [1]})
+    message, pid = lock_wait_error(
+        db, "transaction", lambda: PipelineStore(db, lock_timeout=0.5).save_dataframe(frame, "late")
     )
-    try:
-        assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
-        with pytest.raises(StoreLockTimeout) as error:
-            PipelineStore(db, lock_timeout=0.5).save_dataframe(pl.DataFrame({"x": [1]}), "late")
-        message = str(error.value)
-        assert f"PID {holder.pid}" in message and "\n" not in message
-    finally:
-        holder.communicate("go\n", timeout=30)
+    assert f"PID {pid}" in message and "\n" not in message
     assert PipelineStore(db).list_tables() == []

@@ -16,7 +16,6 @@ import polars as pl
 import pytest
 
 from usher_pipeline.persistence import PipelineStore, StoreLockTimeout
-from usher_pipeline.persistence.locking import StoreLock
 
 # Each worker announces itself with `ready.<n>` and starts work when `go` appears, so that all
 # of them really run at once instead of in the order their interpreters finished starting.
@@ -276,7 +275,6 @@ def test_readers_never_see_a_half_written_table(db_path: Path, tmp_path: Path) -
 READ_WHEN_POSSIBLE = """
 import pathlib, sys
 from usher_pipeline.persistence import PipelineStore, StoreLockTimeout
-from usher_pipeline.persistence.locking import StoreLock
 store = PipelineStore(sys.argv[1], lock_timeout=float(sys.argv[2]))
 pathlib.Path(sys.argv[3]).touch()
 try:
@@ -343,7 +341,7 @@ def test_writer_waits_for_a_notebook_that_lets_go_in_time(
 
 @pytest.mark.slow
 def test_writer_reports_a_notebook_that_holds_on_too_long(
-    db_path: Path, tmp_path: Path, holders: list[Holder]
+    db_path: Path, tmp_path: Path, holders: list[Holder], lock_wait_error
 ) -> None:
     PipelineStore(db_path).save_dataframe(pl.DataFrame({"a": [1]}), "before")
     holder = start_holder(holders, HOLD_DUCKDB_FILE, db_path, 300, tmp_path)
@@ -353,9 +351,20 @@ def test_writer_reports_a_notebook_that_holds_on_too_long(
     assert_lock_timeout_message(str(info.value), db_path, holder.pid)
     with pytest.raises(StoreLockTimeout, match=f"PID {holder.pid} "):
         store.load_dataframe("before")
+    # the writer that gave up has left; whoever takes the lock next, a waiter names the notebook
+    message, _ = lock_wait_error(db_path, "unnamed")
+    assert f"is locked by PID {holder.pid} (python" in message
+    message, other = lock_wait_error(db_path, "named")
+    assert f"is locked by PID {other} (python on {os.uname().nodename})" in message
+    assert f"which is waiting for PID {holder.pid} (python" in message
     holder.kill()
     assert not holder.marker.exists()
     assert store.load_dataframe("before").height == 1
+    # that first open since the notebook let go, a reader's, dropped the note
+    message, other = lock_wait_error(db_path, "named")
+    assert f"PID {other} " in message and "waiting for" not in message
+    message, _ = lock_wait_error(db_path, "unnamed")
+    assert "is locked by another process" in message
     assert not store.has_checkpoint("after")
     store.save_dataframe(pl.DataFrame({"a": [1, 2]}), "after")
     assert store.get_checkpoint("after")["row_count"] == 2
@@ -394,37 +403,3 @@ def test_writer_reports_another_store_transaction_that_holds_on_too_long(
     assert not store.has_checkpoint("held_table")
     store.save_dataframe(pl.DataFrame({"a": [1]}), "mine")
     assert [c["table_name"] for c in store.list_checkpoints()] == ["mine"]
-
-
-# Takes the lock file, then says only 0.2 s later whom it waits for, as a job does once its
-# first open of a DuckDB file held by a notebook has failed.
-JUST_ARRIVED_HOLDER = """
-import sys, time
-from pathlib import Path
-from usher_pipeline.persistence.locking import StoreLock
-lock = StoreLock(Path(sys.argv[1]), timeout=10)
-with lock.hold():
-    print("held", flush=True)
-    time.sleep(0.2)
-    lock.note_waiting_for("PID 4242 (notebook.py on elsewhere)")
-    time.sleep(5)
-"""
-
-
-def test_a_waiter_timing_out_as_the_lock_changes_hands_names_what_the_new_holder_waits_for(
-    db_path: Path,
-) -> None:
-    holder = subprocess.Popen(
-        [sys.executable, "-c", JUST_ARRIVED_HOLDER, str(db_path)], stdout=subprocess.PIPE, text=True
-    )
-    try:
-        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
-        with pytest.raises(StoreLockTimeout) as info:
-            with StoreLock(db_path, timeout=0.05).hold():
-                pass
-    finally:
-        holder.kill()
-        holder.wait()
-    message = str(info.value)
-    assert f"PID {holder.pid} " in message
-    assert "which is waiting for PID 4242 (notebook.py on elsewhere)" in message

@@ -450,6 +450,7 @@ class PipelineStore:
                 conn = duckdb.connect(str(self.db_path), read_only=read_only)
                 # time-zone-aware columns load back in UTC, whatever the host's zone
                 conn.execute("SET TimeZone = 'UTC'")
+                self._lock.note_opened()  # whoever held the file outside the lock has let go
                 return conn
             except duckdb.IOException as exc:
                 message = str(exc)

@@ -4,6 +4,15 @@ DuckDB lets one process open a file read-write and makes every other opener fail
 Jobs therefore queue on an advisory `flock` of a separate file before they open the
 database; the holder writes its PID, host and command into that file so that a waiter that
 gives up can name it.
+
+The lock file reads
+
+    <pid> <host> <command>          while a writer holds the lock
+    waiting for <process>           while a process outside the lock holds the DuckDB file
+
+The second line outlives its writer: a holder that gives up leaves it, the next holder carries
+it over, and it goes only when an open of the DuckDB file succeeds. So whenever the lock
+changes hands, a waiter that gives up still names the process to close.
 """
 
 from __future__ import annotations
@@ -22,10 +31,6 @@ from usher_pipeline.persistence.errors import StoreFileError, StoreLockTimeout
 
 _POLL_START = 0.002
 _POLL_MAX = 0.05
-# A new holder that waits for a process outside the lock says so once its first open of the
-# DuckDB file fails (tens of milliseconds); a waiter whose time runs out in that moment waits
-# this much longer, so that its error names the process to close.
-_HANDOVER_GRACE = 0.5
 
 # flock belongs to an open file description, so two handles in one process would block each
 # other; one re-entrant lock per lock file keeps threads and nested stores of one process in
@@ -44,25 +49,41 @@ def _thread_lock(key: str) -> threading.RLock:
         return lock
 
 
+def _parse(text: str) -> tuple[str, str]:
+    """The holder line and the note of a process outside the lock ('' where absent)."""
+    lines = text.splitlines()
+    holder = lines[0] if lines and lines[0].split(" ", 1)[0].isdigit() else ""
+    notes = [line.removeprefix(_WAITING) for line in lines if line.startswith(_WAITING)]
+    return holder, notes[0] if notes else ""
+
+
+def _compose(holder: str, note: str) -> bytes:
+    return "".join(f"{line}\n" for line in (holder, note and _WAITING + note) if line).encode()
+
+
+def _read(path: Path, fd: int | None = None) -> tuple[str, str]:
+    """The lock file's holder line and note, read through `fd` when this process holds it."""
+    try:
+        data = path.read_bytes() if fd is None else os.pread(fd, 4096, 0)
+    except OSError:
+        return "", ""
+    return _parse(data.decode("utf-8", errors="replace"))
+
+
 def describe_holder(lock_path: Path) -> str:
     """'PID 4121 (python on node01)' from the lock file, or '' when it names nobody.
 
-    When the holder itself waits for a process outside the lock (a notebook holding the
-    DuckDB file), that process is named too: it is the one to close.
+    When a process outside the lock holds the DuckDB file (a notebook), it is named too: it
+    is the one to close. Between two holders, it is named alone.
     """
-    try:
-        lines = lock_path.read_text(encoding="utf-8", errors="replace").strip().splitlines()
-    except OSError:
-        return ""
-    parts = lines[0].split(" ", 2) if lines else []
-    if len(parts) < 2 or not parts[0].isdigit():
-        return ""
-    pid, host = parts[0], parts[1]
+    holder, note = _read(lock_path)
+    parts = holder.split(" ", 2)
+    if len(parts) < 2:
+        return note
     command = os.path.basename(parts[2].split(" ", 1)[0]) if len(parts) > 2 else "unknown"
-    who = f"PID {pid} ({command} on {host})"
-    waits = [line.removeprefix(_WAITING) for line in lines[1:] if line.startswith(_WAITING)]
-    if waits:
-        who += f", which is waiting for {waits[-1]} to close the database file"
+    who = f"PID {parts[0]} ({command} on {parts[1]})"
+    if note:
+        who += f", which is waiting for {note} to close the database file"
     return who
 
 
@@ -113,8 +134,8 @@ class StoreLock:
                     yield deadline
                 finally:
                     _process_depth[key] = 0
-                    if exclusive:  # a waiter must not name a holder that has left
-                        os.ftruncate(fd, 0)
+                    if exclusive:
+                        self._release_holder(fd)
             finally:
                 os.close(fd)  # closing releases the flock
         finally:
@@ -160,28 +181,39 @@ class StoreLock:
                 os.close(gate)
 
     def note_waiting_for(self, who: str) -> None:
-        """Record in the lock file, which this process holds exclusively, the foreign process
-        it waits for, so that other waiters that give up name the real blocker."""
+        """Record in the lock file, which this process holds exclusively, the process outside
+        the lock that holds the DuckDB file, so that waiters that give up name the real blocker."""
+        holder, _ = _read(self.path)
+        self._rewrite(_compose(holder, who))
+
+    def note_opened(self) -> None:
+        """Drop the note of a process outside the lock once the DuckDB file has opened: that
+        process has let go. Writers and readers call this after each open."""
+        holder, note = _read(self.path)
+        if note:
+            self._rewrite(_compose(holder, ""))
+
+    def _rewrite(self, data: bytes, fd: int | None = None) -> None:
+        """Replace the lock file's content without a moment of emptiness: write, then cut the
+        old tail. Naming is a courtesy to waiters: a failed write (a reader on a read-only
+        folder, a full disk) leaves the file as it was and the lock as it is."""
         try:  # a second open file description: closing it leaves the flock in place
-            with open(self.path, "a", encoding="utf-8") as handle:
-                handle.write(f"{_WAITING}{who}\n")
+            target = os.open(self.path, os.O_RDWR) if fd is None else fd
+        except OSError:
+            return
+        try:
+            if data:
+                os.pwrite(target, data, 0)
+            os.ftruncate(target, len(data))
         except OSError:
             pass
-
-    def _holder_just_arrived(self) -> bool:
-        """Whether the lock changed hands moments ago and its new holder has not yet said
-        whether it waits for a process outside the lock."""
-        try:
-            age = time.time() - self.path.stat().st_mtime
-        except OSError:
-            return False
-        who = describe_holder(self.path)
-        return age < _HANDOVER_GRACE and bool(who) and "which is waiting for" not in who
+        finally:
+            if fd is None:
+                os.close(target)
 
     def _acquire(self, fd: int, exclusive: bool, deadline: float, started: float) -> None:
         mode = (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH) | fcntl.LOCK_NB
         delay = _POLL_START
-        graced = False
         while True:
             try:
                 fcntl.flock(fd, mode)
@@ -189,17 +221,23 @@ class StoreLock:
             except BlockingIOError:
                 now = time.monotonic()
                 if now >= deadline:
-                    if graced or not self._holder_just_arrived():
-                        raise self.timeout_error(now - started) from None
-                    deadline, graced = now + _HANDOVER_GRACE, True
+                    raise self.timeout_error(now - started) from None
                 time.sleep(min(delay, max(0.0, deadline - now)))
                 delay = min(delay * 2, _POLL_MAX)
 
-    @staticmethod
-    def _write_holder(fd: int) -> None:
+    def _write_holder(self, fd: int) -> None:
+        """Name this process as the holder, carrying over the note of a process outside the
+        lock that an earlier holder found holding the DuckDB file."""
         # `python -c` leaves '-c' in argv[0]: name the interpreter instead
         script = sys.argv[0] if sys.argv and sys.argv[0] not in ("", "-c", "-m") else ""
         command = " ".join([script, *sys.argv[1:2]]) if script else sys.executable
-        line = f"{os.getpid()} {socket.gethostname()} {command or 'python'}\n".encode()
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, line, 0)
+        _, note = _read(self.path, fd)
+        self._rewrite(
+            _compose(f"{os.getpid()} {socket.gethostname()} {command or 'python'}", note), fd
+        )
+
+    def _release_holder(self, fd: int) -> None:
+        """Take this process's name out of the lock file (a waiter must not name a holder
+        that has left), keeping the note of a process outside the lock."""
+        _, note = _read(self.path, fd)
+        self._rewrite(_compose("", note), fd)
