@@ -166,8 +166,9 @@ if started.exists():
         time.sleep(0.05)
     time.sleep(1.0)
 conn.execute("DROP TABLE scratch")
+released = time.time()  # taken before letting go: no commit can come before it
 conn.close()
-print(f"released {time.time()}", flush=True)
+print(f"released {released}", flush=True)
 """
 
 
