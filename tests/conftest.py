@@ -62,13 +62,15 @@ from pathlib import Path
 from usher_pipeline.persistence import PipelineStore
 from usher_pipeline.persistence.locking import StoreLock
 db, how = Path(sys.argv[1]), sys.argv[2]
+held = None
 if how == "unnamed":
     fd = os.open(f"{db}.lock", os.O_RDWR | os.O_CREAT)
     fcntl.flock(fd, fcntl.LOCK_EX)
-    held = None
+elif how == "transaction":
+    held = PipelineStore(db, lock_timeout=60).transaction()
 else:
-    store = PipelineStore(db, lock_timeout=60)
-    held = store.transaction() if how == "transaction" else StoreLock(db, timeout=60).hold()
+    held = StoreLock(db, timeout=60).hold()
+if held is not None:
     held.__enter__()
 print("ready", flush=True)
 sys.stdin.readline()
