@@ -109,6 +109,7 @@ class Row:
     extra: str = ""
     ok_extra: bool = True
     group: str = ""  # the case (key of CASES) that measured it
+    measured_by: str = ""  # the command that measured it, and when
 
     def add(self, ratio: float) -> None:
         self.ratios.append(ratio)
@@ -154,6 +155,7 @@ class Row:
     def as_dict(self) -> dict[str, Any]:
         return {
             "group": self.group,
+            "measured_by": self.measured_by,
             "limit": self.limit,
             "cpu_ratios": self.cpu_ratios,
             "ok_extra": self.ok_extra,
@@ -1298,16 +1300,10 @@ def write_results(
         notes.append(
             f"- **{row.case}**: {LIMITS[key] if key else 'missed; see the numbers above.'}"
         )
-    shown, skip = [], False
-    for arg in sys.argv[1:]:  # the command as typed, without local paths
-        if not skip and arg not in ("--work", "--output"):
-            shown.append(arg)
-        skip = arg in ("--work", "--output")
-    command = "".join(f" {a}" for a in shown)
     size_note = "" if quick else f" (loads: median of {sizes.load_repeats} runs per repetition)"
     header = earlier or {
         "intro": f"""\
-Written by `.venv/bin/python benchmarks/run.py{command}` started {started}, {seconds / 60:.1f} min;
+Written by {command_line()} started {started}, {seconds / 60:.1f} min;
 {sizes.repeats} repetition(s) per case measured by this command, variants alternated within each
 repetition{size_note}.
 {note}""",
@@ -1336,6 +1332,33 @@ is measured in a fresh subprocess per variant (`ru_maxrss`).
         text += "\n## Targets missed and what limits them\n\n" + "\n".join(notes) + "\n"
     path.write_text(text)
     return header
+
+
+def command_line() -> str:
+    """This command as typed, without local paths."""
+    shown, skip = [], False
+    for arg in sys.argv[1:]:
+        if not skip and arg not in ("--work", "--output"):
+            shown.append(arg)
+        skip = arg in ("--work", "--output")
+    return f"`.venv/bin/python benchmarks/run.py{''.join(f' {a}' for a in shown)}`"
+
+
+def kept_note(kept: list[Row], earlier: dict[str, str] | None) -> str:
+    """Which cases `--keep` kept, and which command measured each of them."""
+    if not kept:
+        return ""
+    # rows written before they carried their command: that of the earlier header
+    first = earlier["intro"].splitlines()[0] if earlier else ""
+    fallback = first.removeprefix("Written by ").rsplit(", ", 1)[0] or "an earlier run"
+    by: dict[str, set[str]] = {}
+    for row in kept:
+        by.setdefault(row.measured_by or fallback, set()).add(row.group)
+    measured = "; ".join(f"{', '.join(sorted(groups))} by {how}" for how, groups in by.items())
+    return (
+        f"Cases kept from earlier runs (`--keep`): {measured}. The others were measured by "
+        "this command."
+    )
 
 
 NOTES = """
@@ -1426,25 +1449,24 @@ def main(argv: list[str] | None = None) -> int:
         kept = [r for r in map(Row.from_dict, earlier) if r.group not in selected]
     order = list(CASES)
     running = [""]
-    note = (
-        f"Rows of the cases {sorted({r.group for r in kept})} were kept from an earlier run "
-        "(`--keep`); the others were measured by this command."
-        if kept
-        else ""
-    )
     earlier = None
-    if args.report_only:
+    if (work / "header.json").exists():  # how and on what the rows in results.json were measured
+        earlier = json.loads((work / "header.json").read_text())
+    note = kept_note(kept, earlier)
+    measured_by = f"{command_line()} started {started_at}"
+    if args.report_only:  # the earlier header stays, with its own note on kept cases
         note = (
             f"The texts were rewritten on {started_at} by `--report-only` from "
             f"{work.name}/results.json."
         )
-        if (work / "header.json").exists():  # how and on what the rows were measured
-            earlier = json.loads((work / "header.json").read_text())
+    else:
+        earlier = None
 
     def save(current: list[Row]) -> None:
         # written after every repetition, so that an interrupted run still leaves its results
         for row in current:
             row.group = row.group or running[0]
+            row.measured_by = row.measured_by or measured_by
         everything = kept + rows + [r for r in current if r not in rows]
         everything.sort(key=lambda r: order.index(r.group) if r.group in order else len(order))
         (work / "results.json").write_text(json.dumps([r.as_dict() for r in everything], indent=2))

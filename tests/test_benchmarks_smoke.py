@@ -59,3 +59,16 @@ def test_benchmark_harness_writes_a_results_table(tmp_path: Path) -> None:
     assert measured in rewritten
     assert "by `--report-only` from work/results.json" in rewritten
     assert rewritten.split("- machine:")[1] == text.split("- machine:")[1]
+
+    # rerunning one case keeps the others, each said to be measured by the command that did
+    first = measured.splitlines()[0].removeprefix("Written by ").rsplit(", ", 1)[0]
+    harness(tmp_path, "--quick", "--cases", "import", "--keep")
+    kept = sorted(c for c in CASES if c != "import")
+    assert f"Cases kept from earlier runs (`--keep`): {', '.join(kept)} by {first}." in (
+        output.read_text()
+    )
+    by = {
+        row["group"]: row["measured_by"] for row in json.loads((work / "results.json").read_text())
+    }
+    assert by.pop("import").startswith("`.venv/bin/python benchmarks/run.py --quick --cases import")
+    assert set(by.values()) == {first}
