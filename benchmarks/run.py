@@ -1445,22 +1445,20 @@ def main(argv: list[str] | None = None) -> int:
     rows: list[Row] = []
     kept: list[Row] = []
     if args.keep and (work / "results.json").exists():
-        earlier = json.loads((work / "results.json").read_text())
-        kept = [r for r in map(Row.from_dict, earlier) if r.group not in selected]
+        stored = json.loads((work / "results.json").read_text())
+        kept = [r for r in map(Row.from_dict, stored) if r.group not in selected]
     order = list(CASES)
     running = [""]
-    earlier = None
-    if (work / "header.json").exists():  # how and on what the rows in results.json were measured
-        earlier = json.loads((work / "header.json").read_text())
-    note = kept_note(kept, earlier)
+    header_file = work / "header.json"  # how and on what the rows in results.json were measured
+    previous = json.loads(header_file.read_text()) if header_file.exists() else None
     measured_by = f"{command_line()} started {started_at}"
-    if args.report_only:  # the earlier header stays, with its own note on kept cases
+    note = kept_note(kept, previous)
+    earlier = previous if args.report_only else None  # rewriting texts keeps the header
+    if args.report_only:
         note = (
             f"The texts were rewritten on {started_at} by `--report-only` from "
             f"{work.name}/results.json."
         )
-    else:
-        earlier = None
 
     def save(current: list[Row]) -> None:
         # written after every repetition, so that an interrupted run still leaves its results
