@@ -18,7 +18,6 @@ from usher_pipeline.hashing import sha256_json
 from usher_pipeline.workflow.fetch import remaining_share
 from usher_pipeline.workflow.layout import Layout
 from usher_pipeline.workflow.runguard import claim_workdir
-from usher_pipeline.workflow.shutdown import exit_promptly
 
 # The registry of tables lives in the config, which Snakemake hands to a module as the same
 # object: the rules of a `module` given `config: config` see what was registered here.
@@ -56,9 +55,6 @@ if workflow.is_main_process:
             f"({len(USHER_RUN_GUARD.cleared)} files in .snakemake/locks)",
             file=sys.stderr,
         )
-# Exit as soon as the last job is done, not a second or more later (workflow/shutdown.py): in
-# the main process and in each cluster job's Snakemake alike.
-exit_promptly()
 
 
 wildcard_constraints:

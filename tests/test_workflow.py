@@ -266,65 +266,6 @@ def test_stale_snakemake_locks_are_cleared_only_when_no_run_is_alive(tmp_path):
     guard.release()
 
 
-# Runs Snakemake in this interpreter, then reports what the interpreter's shutdown found. The
-# check is registered before the workflow's own hook, so it runs after it (last in, first out).
-SHUTDOWN_PROBE = """\
-import gc, json, sys, threading
-from snakemake.cli import main
-from usher_pipeline.workflow.shutdown import scheduler_timers
-
-seen = {}
-other = threading.Timer(60, lambda: None)  # not the scheduler's: must be left alone
-other.daemon = True
-other.start()
-
-def pending():
-    return sum(not timer.finished.is_set() for timer in scheduler_timers())
-
-def at_shutdown():
-    seen["pending_at_shutdown"] = pending()
-    seen["other_cancelled"] = other.finished.is_set()
-    seen["frozen_objects"] = gc.get_freeze_count()
-    print(json.dumps(seen), flush=True)
-
-threading._register_atexit(at_shutdown)
-try:
-    main(["--snakefile", sys.argv[1], "--directory", sys.argv[2], "--cores", "1", "--quiet"])
-except SystemExit as done:
-    seen["exit"] = done.code
-seen["pending_after_run"] = pending()
-"""
-
-
-@pytest.mark.parametrize("with_library", [True, False])
-def test_snakemake_exits_without_waiting_for_its_scheduler_timers(tmp_path, with_library):
-    include = f'include: "{REPO / "rules" / "library.smk"}"\n\n\n' if with_library else ""
-    (tmp_path / "Snakefile").write_text(
-        include + 'rule all:\n    input:\n        "a.txt",\n\n\n'
-        'rule a:\n    output:\n        "a.txt",\n    shell:\n        "touch {output}"\n'
-    )
-    done = subprocess.run(
-        [sys.executable, "-c", SHUTDOWN_PROBE, str(tmp_path / "Snakefile"), str(tmp_path)],
-        capture_output=True,
-        text=True,
-        env=run_env(),
-        timeout=RUN_TIMEOUT,
-    )
-    assert done.returncode == 0, done.stderr
-    seen = json.loads(done.stdout.strip().splitlines()[-1])
-    assert seen["exit"] == 0
-    assert (tmp_path / "a.txt").exists()
-    # the run is over, yet Snakemake's scheduler has left a timer that the exit would wait for
-    assert seen["pending_after_run"] >= 1
-    assert not seen["other_cancelled"]
-    if with_library:
-        assert seen["pending_at_shutdown"] == 0
-        assert seen["frozen_objects"] > 0
-    else:
-        assert seen["pending_at_shutdown"] >= 1
-        assert seen["frozen_objects"] == 0
-
-
 # -- dry runs --------------------------------------------------------------------------------
 
 
