@@ -24,9 +24,12 @@ from polars.testing import assert_frame_equal
 from usher_pipeline.config import PipelineConfig, validate_config_dict
 from usher_pipeline.errors import UsherError
 from usher_pipeline.persistence import (
+    DatabaseNotFound,
     InvalidFrame,
     InvalidTableName,
     PipelineStore,
+    QueryFailed,
+    ReadOnlyQuery,
     StoreError,
     TableNotFound,
     UnreadableResult,
@@ -648,6 +651,125 @@ def test_execute_query_write_statements_work(store: PipelineStore) -> None:
 def test_execute_query_errors_propagate(store: PipelineStore) -> None:
     with pytest.raises(duckdb.Error):
         store.execute_query("SELECT * FROM no_such_table")
+
+
+READ_ONLY = (
+    "query is read-only and this statement would change the database: use SELECT, DESCRIBE, "
+    "SHOW or PRAGMA"
+)
+
+
+def test_query_reads_tables_with_parameters(store: PipelineStore) -> None:
+    store.save_dataframe(genes(10), "genes")
+    result = store.query("SELECT gene_id FROM genes WHERE n_terms >= ? ORDER BY 1", [8])
+    assert result["gene_id"].to_list() == ["ENSG00000000008", "ENSG00000000009"]
+    assert store.query("SELECT $n * 2 AS twice", {"n": 21}).rows() == [(42,)]
+    assert store.query("SELECT table_name FROM _checkpoints").rows() == [("genes",)]
+    assert store.query("DESCRIBE genes").height == genes().width
+    assert "genes" in store.query("SHOW TABLES")["name"].to_list()
+    assert store.query("PRAGMA version").height == 1
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "CREATE TABLE notes (a INTEGER)",
+        "INSERT INTO genes SELECT * FROM genes",
+        "DELETE FROM _checkpoints",
+        "DROP TABLE genes",
+        "SELECT 1; DROP TABLE genes",
+    ],
+)
+def test_query_refuses_statements_that_write(store: PipelineStore, sql: str) -> None:
+    store.save_dataframe(genes(), "genes")
+    before = store.list_checkpoints()
+    with pytest.raises(ReadOnlyQuery) as outside:
+        store.query(sql)
+    with store.transaction(), pytest.raises(ReadOnlyQuery) as inside:
+        store.query(sql)
+    with store.session(), pytest.raises(ReadOnlyQuery) as in_session:
+        store.query(sql)
+    assert str(outside.value) == str(inside.value) == str(in_session.value) == READ_ONLY
+    assert isinstance(outside.value, StoreError)
+    assert store.list_tables() == ["genes"]
+    assert store.list_checkpoints() == before
+    assert_frame_equal(store.load_dataframe("genes"), genes())
+
+
+def test_query_inside_a_transaction_sees_its_uncommitted_work(store: PipelineStore) -> None:
+    with store.transaction() as tx:
+        tx.save_dataframe(genes(3), "genes")
+        assert tx.query("SELECT count(*) AS n FROM genes").rows() == [(3,)]
+        with pytest.raises(StoreError):
+            tx.query("INSERT INTO genes SELECT * FROM genes")
+        tx.save_dataframe(genes(2), "more")  # the refusal left the transaction usable
+    assert store.list_tables() == ["genes", "more"]
+    with store.transaction(read_only=True) as tx:
+        assert tx.query("SELECT count(*) FROM more").rows() == [(2,)]
+
+
+def test_query_failure_names_duckdbs_message_in_one_line(store: PipelineStore) -> None:
+    with pytest.raises(QueryFailed) as info:
+        store.query("SELECT *\n  FROM   no_such_table")
+    message = str(info.value)
+    assert isinstance(info.value, StoreError) and not isinstance(info.value, ReadOnlyQuery)
+    assert message.startswith("query failed (Catalog Error: Table with name no_such_table")
+    assert message.endswith("): fix the SQL") and "\n" not in message and "  " not in message
+    assert len(message) <= len("query failed (): fix the SQL") + 200
+    with pytest.raises(QueryFailed, match="Parser Error"):
+        store.query("SELEC 1")
+
+
+def test_query_of_a_missing_database_names_it(store: PipelineStore) -> None:
+    store.db_path.unlink()
+    with pytest.raises(DatabaseNotFound) as info:
+        store.query("SELECT 1")
+    assert str(info.value) == (
+        f"database {store.db_path} does not exist: run the workflow or pass --db FILE"
+    )
+    assert isinstance(info.value, StoreError)
+    assert not store.db_path.exists()  # reading does not create the file
+
+
+def test_table_exists_and_row_count_cover_user_and_internal_tables(
+    store: PipelineStore,
+) -> None:
+    assert store.table_exists("_checkpoints") and store.table_exists("_provenance")
+    assert store.row_count("_checkpoints") == 0
+    assert not store.table_exists("genes") and store.row_count("genes") is None
+    store.save_dataframe(genes(7), "genes")
+    store.save_dataframe(genes(0), "empty")
+    assert store.table_exists("genes") and store.row_count("genes") == 7
+    assert store.row_count("empty") == 0
+    assert store.row_count("_checkpoints") == 2
+    with store.transaction() as tx:
+        tx.save_dataframe(genes(4), "genes", replace=False)
+        assert tx.row_count("genes") == 11
+        assert tx.table_exists("genes")
+    store.delete_checkpoint("genes")
+    assert not store.table_exists("genes") and store.row_count("genes") is None
+    with pytest.raises(InvalidTableName):
+        store.table_exists("genes; DROP TABLE empty")
+    store.db_path.unlink()
+    assert not store.table_exists("_checkpoints") and store.row_count("empty") is None
+    assert not store.db_path.exists()
+
+
+def test_store_fingerprints_a_parquet_file_as_its_table(
+    store: PipelineStore, tmp_path: Path
+) -> None:
+    path = tmp_path / "genes.parquet"
+    genes(6).write_parquet(path)
+    outside = store.fingerprint_parquet(path)
+    assert outside == fingerprint_parquet(path) and outside[1] == 6
+    store.save_dataframe(genes(6), "genes")
+    assert outside[0] == store.fingerprint("genes")
+    with store.transaction() as tx:
+        assert tx.fingerprint_parquet(str(path)) == outside
+    with store.session():
+        assert store.fingerprint_parquet(path) == outside
+    genes(5).write_parquet(path)
+    assert store.fingerprint_parquet(path) != outside
 
 
 RESULT_TYPES = {

@@ -2,8 +2,11 @@
 
 from usher_pipeline.persistence.duckdb_store import PipelineStore, validate_table_name
 from usher_pipeline.persistence.errors import (
+    DatabaseNotFound,
     InvalidFrame,
     InvalidTableName,
+    QueryFailed,
+    ReadOnlyQuery,
     SidecarError,
     SidecarNotFound,
     StoreError,
@@ -16,10 +19,13 @@ from usher_pipeline.persistence.errors import (
 from usher_pipeline.persistence.provenance import ProvenanceTracker, sidecar_path
 
 __all__ = [
+    "DatabaseNotFound",
     "InvalidFrame",
     "InvalidTableName",
     "PipelineStore",
     "ProvenanceTracker",
+    "QueryFailed",
+    "ReadOnlyQuery",
     "SidecarError",
     "SidecarNotFound",
     "StoreError",

@@ -21,8 +21,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from usher_pipeline.persistence.errors import (
+    DatabaseNotFound,
     InvalidFrame,
     InvalidTableName,
+    QueryFailed,
+    ReadOnlyQuery,
     StoreDiskFull,
     StoreError,
     StoreFileError,
@@ -57,6 +60,13 @@ LOAD_MEMORY_MB = 128  # DuckDB's memory limit (MB) from a table load to the clos
 DUCKDB_ROW_GROUP_ROWS = 122_880
 _NAME = re.compile(r"^[a-z][a-z0-9_]*$")
 _DAMAGED = re.compile(r"Could not read enough bytes|not a valid DuckDB|[Cc]orrupt|checksum")
+# What `query` lets through on a connection that could write (a transaction's or a session's):
+# the statements a read-only connection would run without changing the database.
+_READ_STATEMENTS = frozenset({"SELECT", "EXPLAIN", "PRAGMA", "CALL"})
+_READ_ONLY_MESSAGE = (
+    "query is read-only and this statement would change the database: use SELECT, DESCRIBE, "
+    "SHOW or PRAGMA"
+)
 _DUCKDB_HOLDER = re.compile(r"Conflicting lock is held in (.+?) \(PID (\d+)\)")
 
 _CHECKPOINTS_DDL = f"""
@@ -637,6 +647,62 @@ class PipelineStore:
         return existed or bool(deleted)
 
     # -- reading ---------------------------------------------------------------------------
+
+    def table_exists(self, table_name: str) -> bool:
+        """Whether the database holds `table_name` (the store's own tables, such as
+        `_checkpoints`, included); False when the database file does not exist."""
+        validate_table_name(table_name, internal=True)
+        with self._read() as conn:
+            return conn is not None and self._table_exists(conn, table_name)
+
+    def row_count(self, table_name: str) -> int | None:
+        """The number of rows of `table_name` (internal tables allowed), or None when absent."""
+        validate_table_name(table_name, internal=True)
+        with self._read() as conn:
+            if conn is None or not self._table_exists(conn, table_name):
+                return None
+            row = conn.sql(f"SELECT count(*) FROM {quote_identifier(table_name)}").fetchall()[0]
+            return int(row[0])
+
+    def fingerprint_parquet(self, path: str | Path) -> tuple[str, int]:
+        """(fingerprint, row count) of a Parquet file: in the store's connection inside
+        `transaction()` or `session()` (no second database), else in an in-memory DuckDB
+        (no lock)."""
+        if self._conn is not None or self._held is not None:
+            with self.connect(write=False) as conn:
+                return fingerprint_source(conn, parquet_source(path))
+        import duckdb
+
+        with duckdb.connect() as conn:
+            return fingerprint_source(conn, parquet_source(path))
+
+    def query(self, sql: str, params: list[Any] | dict[str, Any] | None = None) -> pl.DataFrame:
+        """Run read-only SQL and return its result as a polars DataFrame.
+
+        Outside a transaction it runs on a read-only connection under the shared lock, so
+        queries never block one another; inside one, statements that could write are refused
+        before they run. Raises ReadOnlyQuery for a statement that would change the database
+        and QueryFailed for any other error DuckDB reports.
+        """
+        import duckdb
+
+        shared = self._conn is not None or self._held is not None
+        if not shared and not self.db_path.exists():
+            raise DatabaseNotFound(
+                f"database {self.db_path} does not exist: run the workflow or pass --db FILE"
+            )
+        try:
+            with self.connect(write=False) as conn:
+                if shared:
+                    kinds = {s.type.name for s in conn.extract_statements(sql)}
+                    if not kinds <= _READ_STATEMENTS:
+                        raise ReadOnlyQuery(_READ_ONLY_MESSAGE)
+                return relation_frame(conn.sql(sql, params=params))
+        except duckdb.Error as exc:
+            first = " ".join(str(exc).split())[:200]
+            if "read-only" in first:
+                raise ReadOnlyQuery(_READ_ONLY_MESSAGE) from None
+            raise QueryFailed(f"query failed ({first}): fix the SQL") from None
 
     def has_checkpoint(self, table_name: str) -> bool:
         """True when `table_name` was committed (its checkpoint row exists)."""

@@ -44,6 +44,21 @@ class TableNotFound(StoreError, KeyError):
         return str(self.args[0]) if self.args else ""
 
 
+class DatabaseNotFound(StoreError, FileNotFoundError):
+    """An operation reads a database file that does not exist (yet)."""
+
+    def __str__(self) -> str:  # OSError would prefix an errno
+        return str(self.args[0]) if self.args else ""
+
+
+class ReadOnlyQuery(StoreError, ValueError):
+    """A query given to the read-only `PipelineStore.query` would change the database."""
+
+
+class QueryFailed(StoreError, ValueError):
+    """DuckDB refused a query (bad SQL, a missing table or column)."""
+
+
 class SidecarError(UsherError, ValueError):
     """A provenance sidecar that cannot be read as a JSON object."""
 
