@@ -179,27 +179,21 @@ def fetch_summary(record: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def partial_state(workdir: Path) -> list[str]:
-    """What an unfinished fetch leaves behind: staging tables, batch rows, batch files."""
+    """What an unfinished fetch leaves behind: batch files and progress notes, and (never
+    expected) batch tables in the database."""
     found = [str(p) for p in (workdir / "results" / "tables").glob(".partial*")]
     db = workdir / "results" / "pipeline.duckdb"
     if db.exists():
         with duckdb.connect(str(db), read_only=True) as conn:
             names = [r[0] for r in conn.sql("SHOW TABLES").fetchall()]
-            found += [n for n in names if n.startswith("_partial_")]
-            if "_fetch_batches" in names:
-                rows = conn.sql("SELECT table_name, batch_id FROM _fetch_batches").fetchall()
-                found += [f"_fetch_batches row {r}" for r in rows]
+            found += [n for n in names if n.startswith(("_partial_", "_fetch_batches"))]
     return found
 
 
 def committed_batches(workdir: Path, mode: str, table: str) -> int:
-    """How many fetch batches of `table` an interrupted job left committed."""
-    if mode == "head":
-        return len(list((workdir / "results" / "tables" / ".partial" / table).glob("*.parquet")))
-    with duckdb.connect(str(workdir / "results" / "pipeline.duckdb"), read_only=True) as conn:
-        return conn.sql(
-            "SELECT count(*) FROM _fetch_batches WHERE table_name = ?", params=[table]
-        ).fetchall()[0][0]
+    """How many fetch batches of `table` an interrupted job left committed (files, in both
+    database modes)."""
+    return len(list((workdir / "results" / "tables" / ".partial" / table).glob("*.parquet")))
 
 
 def wait_for_text(path: Path, text: str, proc: subprocess.Popen[str], timeout: float) -> None:

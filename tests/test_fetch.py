@@ -17,7 +17,6 @@ from usher_pipeline.workflow import Job, fetch_in_batches, mock_snakemake, plan_
 from usher_pipeline.workflow.fetch import (
     AUDIT_VARIABLE,
     FileLedger,
-    StoreLedger,
     progress_path,
     remaining_share,
     write_progress,
@@ -59,17 +58,15 @@ def tables(db: Path) -> dict[str, int]:
 
 
 def test_rerun_after_crash_fetches_only_the_remaining_batches(tmp_path):
-    store = PipelineStore(tmp_path / "store.duckdb", lock_timeout=30)
+    folder = tmp_path / "things"
     first = Source(fail_on=40)
     with pytest.raises(Crash):
-        fetch_in_batches(KEYS, first, ledger=StoreLedger(store, "things"), batch_size=BATCH)
+        fetch_in_batches(KEYS, first, ledger=FileLedger(folder), batch_size=BATCH)
     assert [c[0] for c in first.calls] == [0, 10, 20, 30]
-    assert len(StoreLedger(store, "things").committed()) == 4
+    assert len(FileLedger(folder).committed()) == 4
 
     second = Source()
-    frame, summary = fetch_in_batches(
-        KEYS, second, ledger=StoreLedger(store, "things"), batch_size=BATCH
-    )
+    frame, summary = fetch_in_batches(KEYS, second, ledger=FileLedger(folder), batch_size=BATCH)
     assert [c[0] for c in second.calls] == [40, 50, 60, 70, 80, 90]
     assert summary["batches_total"] == 10
     assert summary["batches_resumed"] == 4
@@ -86,18 +83,17 @@ def test_batch_ids_change_when_the_signature_changes(tmp_path):
     assert {bid for bid, _ in same}.isdisjoint(bid for bid, _ in other)
     assert [chunk for _, chunk in same] == [chunk for _, chunk in other]
 
-    store = PipelineStore(tmp_path / "store.duckdb", lock_timeout=30)
     with pytest.raises(Crash):
         fetch_in_batches(
             KEYS,
             Source(fail_on=50),
-            ledger=StoreLedger(store, "things"),
+            ledger=FileLedger(tmp_path / "things"),
             batch_size=BATCH,
             signature="layer=hearing",
         )
     changed = Source()
     _, summary = fetch_in_batches(
-        KEYS, changed, ledger=StoreLedger(store, "things"), batch_size=BATCH, signature="new"
+        KEYS, changed, ledger=FileLedger(tmp_path / "things"), batch_size=BATCH, signature="new"
     )
     assert summary["batches_resumed"] == 0
     assert len(changed.calls) == 10
@@ -105,11 +101,10 @@ def test_batch_ids_change_when_the_signature_changes(tmp_path):
 
 def test_progress_lines_report_batches_rate_and_eta(tmp_path):
     lines: list[str] = []
-    store = PipelineStore(tmp_path / "store.duckdb", lock_timeout=30)
     fetch_in_batches(
         KEYS,
         Source(),
-        ledger=StoreLedger(store, "things"),
+        ledger=FileLedger(tmp_path / "things"),
         batch_size=BATCH,
         label="things",
         progress=lines.append,
@@ -122,9 +117,12 @@ def test_progress_lines_report_batches_rate_and_eta(tmp_path):
 def test_audit_file_lists_each_fetch_and_commit(tmp_path, monkeypatch):
     audit = tmp_path / "audit.txt"
     monkeypatch.setenv(AUDIT_VARIABLE, str(audit))
-    store = PipelineStore(tmp_path / "store.duckdb", lock_timeout=30)
     fetch_in_batches(
-        KEYS[:30], Source(), ledger=StoreLedger(store, "things"), batch_size=BATCH, label="things"
+        KEYS[:30],
+        Source(),
+        ledger=FileLedger(tmp_path / "things"),
+        batch_size=BATCH,
+        label="things",
     )
     events = [line.split() for line in audit.read_text().splitlines()]
     ids = [bid for bid, _ in plan_batches(KEYS[:30], BATCH, "")]
@@ -132,13 +130,12 @@ def test_audit_file_lists_each_fetch_and_commit(tmp_path, monkeypatch):
 
 
 def test_on_commit_counts_the_resumed_then_each_committed_batch(tmp_path):
-    store = PipelineStore(tmp_path / "store.duckdb", lock_timeout=30)
     seen: list[tuple[int, int]] = []
     with pytest.raises(Crash):
         fetch_in_batches(
             KEYS,
             Source(fail_on=30),
-            ledger=StoreLedger(store, "things"),
+            ledger=FileLedger(tmp_path / "things"),
             batch_size=BATCH,
             on_commit=lambda done, total: seen.append((done, total)),
         )
@@ -147,7 +144,7 @@ def test_on_commit_counts_the_resumed_then_each_committed_batch(tmp_path):
     fetch_in_batches(
         KEYS,
         Source(),
-        ledger=StoreLedger(store, "things"),
+        ledger=FileLedger(tmp_path / "things"),
         batch_size=BATCH,
         on_commit=lambda done, total: seen.append((done, total)),
     )
@@ -206,48 +203,53 @@ def run_fetch_job(tmp_path: Path, mode: str, source: Source) -> None:
         job.save(frame, description="numbers and their triples")
 
 
-def test_job_partial_state_is_gone_after_the_save(tmp_path):
+@pytest.mark.parametrize("mode", ["job", "head"])
+def test_fetch_batches_are_files_until_the_step_log_in_both_modes(tmp_path, mode):
+    """Batches are private to the job: Parquet files beside the outputs, never in the shared
+    database, and gone once the job has written its step log."""
     db = tmp_path / "results/pipeline.duckdb"
     sentinel = tmp_path / "results/tables/things.parquet"
+    partial = tmp_path / "results/tables/.partial/things"
     with pytest.raises(Crash):
-        run_fetch_job(tmp_path, "job", Source(fail_on=70))
+        run_fetch_job(tmp_path, mode, Source(fail_on=70))
     assert remaining_share(sentinel) == 0.3  # the note a resume is scheduled by
-    before = tables(db)
-    assert before["_partial_things"] == 70
-    assert before["_fetch_batches"] == 7
-    assert "things" not in before
+    assert len(list(partial.glob("*.parquet"))) == 7
+    assert len(FileLedger(partial).committed()) == 7
+    assert not db.exists()  # a fetch takes neither the database nor its lock
     assert not (tmp_path / "results/steplogs/things.json").exists()
 
     rerun = Source()
-    run_fetch_job(tmp_path, "job", rerun)
+    run_fetch_job(tmp_path, mode, rerun)
     assert [c[0] for c in rerun.calls] == [70, 80, 90]
-    after = tables(db)
-    assert not (tmp_path / "results/tables/.partial").exists()
-    assert "_partial_things" not in after
-    assert after["_fetch_batches"] == 0
-    assert after["things"] == 100
-    saved = pl.read_parquet(tmp_path / "results/tables/things.parquet")
+    assert not partial.parent.exists()
+    if mode == "job":
+        assert tables(db) == {"_checkpoints": 1, "_provenance": 0, "things": 100}
+    else:
+        assert not db.exists()
+    saved = pl.read_parquet(sentinel)
     assert saved.equals(expected_frame())
     log = (tmp_path / "logs/things.log").read_text()
     assert "things: 10 batches of up to 10 keys; 7 already committed, 3 to fetch" in log
     assert "things: 10/10 batches (100%)" in log
 
 
-def test_head_mode_partial_folder_is_gone_after_the_save(tmp_path):
-    partial = tmp_path / "results/tables/.partial/things"
-    with pytest.raises(Crash):
-        run_fetch_job(tmp_path, "head", Source(fail_on=30))
-    assert len(list(partial.glob("*.parquet"))) == 3
-    assert len(FileLedger(partial).committed()) == 3
-    assert remaining_share(tmp_path / "results/tables/things.parquet") == 0.7
-
+def test_batch_tables_of_an_older_version_are_ignored(tmp_path):
+    """A database where an older version kept batches in `_partial_<table>` and
+    `_fetch_batches` (a job of it killed mid-fetch) serves a new fetch and save unchanged."""
+    db = tmp_path / "results/pipeline.duckdb"
+    db.parent.mkdir(parents=True)
+    with duckdb.connect(str(db)) as conn:
+        conn.execute("CREATE TABLE _partial_things AS SELECT 1 AS key, 'stale' AS _batch_id")
+        conn.execute(
+            "CREATE TABLE _fetch_batches AS SELECT 'things' AS table_name, 'x' AS batch_id"
+        )
     rerun = Source()
-    run_fetch_job(tmp_path, "head", rerun)
-    assert [c[0] for c in rerun.calls] == [30, 40, 50, 60, 70, 80, 90]
-    assert not partial.parent.exists()
-    assert not (tmp_path / "results/pipeline.duckdb").exists()
-    saved = pl.read_parquet(tmp_path / "results/tables/things.parquet")
-    assert saved.equals(expected_frame())
+    run_fetch_job(tmp_path, "job", rerun)
+    assert len(rerun.calls) == 10
+    assert pl.read_parquet(tmp_path / "results/tables/things.parquet").equals(expected_frame())
+    store = PipelineStore(db, lock_timeout=30)
+    assert store.list_tables() == ["things"]
+    assert store.load_dataframe("things").equals(expected_frame())
 
 
 def test_job_killed_between_commit_and_steplog_fetches_nothing_again(tmp_path):
@@ -277,11 +279,13 @@ with Job(smk) as job:
     killed = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True)
     assert killed.returncode == -signal.SIGKILL
     assert not (tmp_path / "results/steplogs/things.json").exists()
-    assert tables(tmp_path / "results/pipeline.duckdb")["_fetch_batches"] == 10
+    partial = tmp_path / "results/tables/.partial/things"
+    assert len(FileLedger(partial).committed()) == 10
 
     rerun = Source()
     with Job(fetch_job(tmp_path, "job")) as job:
         frame = job.fetch(list(range(100)), rerun, batch_size=10)
         job.save(frame, description="numbers")
     assert rerun.calls == []
-    assert "_partial_things" not in tables(tmp_path / "results/pipeline.duckdb")
+    assert not partial.exists()
+    assert tables(tmp_path / "results/pipeline.duckdb")["things"] == 100

@@ -211,22 +211,20 @@ def read_store(workdir: Path) -> dict[str, Any] | None:
                 "SELECT table_name FROM duckdb_tables() WHERE starts_with(table_name, '_')"
             ).rows()
         ]
-        batches = 0
-        if "_fetch_batches" in internal:
-            batches = tx.execute_query("SELECT count(*) AS n FROM _fetch_batches")["n"][0]
-        batches_by_table: dict[str, set[str]] = {}
-        if batches:
-            for table, batch in tx.execute_query(
-                "SELECT table_name, batch_id FROM _fetch_batches"
-            ).rows():
-                batches_by_table.setdefault(table, set()).add(batch)
     return {
         "checkpoints": checkpoints,
         "fingerprints": fingerprints,
         "internal": internal,
-        "batches": int(batches),
-        "batches_by_table": batches_by_table,
+        "batches": sum(len(ids) for ids in batch_files(workdir).values()),
     }
+
+
+def batch_files(workdir: Path) -> dict[str, set[str]]:
+    """The fetch batches committed on disk, by table (the ledger's `<batch id>.parquet`)."""
+    partial = workdir / TABLES_DIR / ".partial"
+    if not partial.is_dir():
+        return {}
+    return {d.name: {p.stem for p in d.glob("*.parquet")} for d in partial.iterdir() if d.is_dir()}
 
 
 def consistency_problems(
@@ -293,11 +291,11 @@ def converged_problems(
     stale = sorted(p.name for paths in temp_sentinels(workdir).values() for p in paths)
     if stale:
         problems.append(f"temporary sentinels of killed jobs left: {stale}")
-    partial = [t for t in state["internal"] if t.startswith("_partial_")]
+    partial = [t for t in state["internal"] if t.startswith(("_partial_", "_fetch_batches"))]
     if partial:
-        problems.append(f"partial fetch tables left: {partial}")
+        problems.append(f"fetch batch tables in the database: {partial}")
     if state["batches"]:
-        problems.append(f"{state['batches']} fetch batch records left")
+        problems.append(f"{state['batches']} fetch batch files left")
     if not skip_final:
         for path in FINAL:
             if (workdir / path).read_bytes() != reference["final"][str(path)]:
@@ -384,10 +382,10 @@ def random_kill(
     before = audit_lines(workdir)
     kept = {(t, b) for e, t, b in before if e == "committed" and t not in outcome.committed_at_kill}
     outcome.batches_kept = len(kept)
-    if state is not None:  # the audit line follows the commit; the store is the truth
-        missing = {(t, b) for t, b in kept if b not in state["batches_by_table"].get(t, set())}
-        if missing:
-            outcome.problems.append(f"{len(missing)} committed batches lost by the kill")
+    on_disk = batch_files(workdir)  # the audit line follows the commit; the files are the truth
+    missing = {(t, b) for t, b in kept if b not in on_disk.get(t, set())}
+    if missing:
+        outcome.problems.append(f"{len(missing)} committed batches lost by the kill")
     code = run(workdir)  # the documented resume: the same command, no --unlock
     outcome.problems += converged_problems(workdir, reference, code)
     refetched = [

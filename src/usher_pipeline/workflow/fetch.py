@@ -3,8 +3,8 @@
 Keys are cut into batches; each batch gets an id from its keys and the fetch's signature (the
 hash of the settings that shape the result), so a restart with the same keys and settings
 recognises what was already committed, and a changed setting never reuses stale batches. A
-ledger keeps the committed batches: in the store (`job` database mode) or as Parquet files
-beside the outputs (`head` mode, where jobs must not write the database).
+ledger keeps the committed batches as Parquet files beside the outputs, in both database
+modes: they are private to the job, so they stay out of the shared database and its lock.
 """
 
 from __future__ import annotations
@@ -18,36 +18,16 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from usher_pipeline._io import atomic_path, remove_stale_temps, write_json_atomic
+from usher_pipeline._io import atomic_path, write_json_atomic
 from usher_pipeline.hashing import sha256_json
-from usher_pipeline.persistence.duckdb_store import (
-    PipelineStore,
-    quote_identifier,
-    relation_frame,
-    retype_null_columns,
-    to_polars,
-    write_parquet,
-)
-from usher_pipeline.persistence.fingerprint import parquet_source
+from usher_pipeline.persistence.duckdb_store import to_polars, write_parquet
 
 if TYPE_CHECKING:
-    import duckdb
     import polars as pl
 
 log = logging.getLogger("usher_pipeline.fetch")
 
 AUDIT_VARIABLE = "USHER_FETCH_AUDIT"
-BATCHES = "_fetch_batches"
-_BATCHES_DDL = f"""
-CREATE TABLE IF NOT EXISTS {BATCHES} (
-    table_name VARCHAR,
-    batch_id VARCHAR,
-    batch_index INTEGER,
-    n_keys INTEGER,
-    n_rows BIGINT,
-    committed_at TIMESTAMP DEFAULT current_timestamp,
-    PRIMARY KEY (table_name, batch_id)
-)"""
 
 
 def _audit(event: str, table: str, batch_id: str) -> None:
@@ -92,7 +72,9 @@ def remaining_share(sentinel: str | Path) -> float:
     return min(1.0, max(0.0, (total - committed) / total))
 
 
-def plan_batches(keys: Sequence[Any], batch_size: int, signature: str) -> list[tuple[str, list]]:
+def plan_batches(
+    keys: Sequence[Any], batch_size: int, signature: str
+) -> list[tuple[str, list[Any]]]:
     """Cut `keys` into (batch id, keys) pairs; the id depends on the keys and the signature."""
     if batch_size < 1:
         raise ValueError(f"batch_size is {batch_size}: use a whole number of at least 1")
@@ -112,81 +94,12 @@ class BatchLedger(Protocol):
 
     def load(self, batch_ids: Sequence[str]) -> pl.DataFrame | None: ...
 
-    def cleanup_in(self, conn: duckdb.DuckDBPyConnection | None) -> None: ...
-
-
-class StoreLedger:
-    """Batches as rows of `_partial_<table>` plus `_fetch_batches` records, one commit each."""
-
-    def __init__(self, store: PipelineStore, table: str) -> None:
-        self.store = store
-        self.table = table
-        # staging files of batches whose job was killed mid-commit
-        remove_stale_temps(store.db_path, (".batch.parquet", ".ingest.parquet"))
-        self.staging = quote_identifier(f"_partial_{table}")
-
-    def committed(self) -> set[str]:
-        with self.store.connect(write=False) if self.store.db_path.exists() else _nothing() as c:
-            if c is None or not PipelineStore._table_exists(c, BATCHES):
-                return set()
-            rows = c.sql(
-                f"SELECT batch_id FROM {BATCHES} WHERE table_name = ?", params=[self.table]
-            ).fetchall()
-            return {r[0] for r in rows}
-
-    def commit(self, batch_id: str, index: int, n_keys: int, frame: pl.DataFrame) -> None:
-        import polars as pl
-
-        staged = frame.with_columns(
-            pl.lit(batch_id).alias("_batch_id"),
-            pl.int_range(pl.len(), dtype=pl.Int64).alias("_batch_row"),
-        )
-        path = self.store.db_path.with_name(
-            f".{self.store.db_path.name}.{os.getpid()}.{batch_id}.batch.parquet"
-        )
-        try:
-            write_parquet(staged, path)
-            source = parquet_source(path)
-            with self.store.transaction() as store, store.connect() as conn:
-                conn.execute(_BATCHES_DDL)
-                if PipelineStore._table_exists(conn, f"_partial_{self.table}"):
-                    conn.execute(f"DELETE FROM {self.staging} WHERE _batch_id = ?", [batch_id])
-                    retype_null_columns(conn, self.staging, source)
-                    conn.execute(f"INSERT INTO {self.staging} BY NAME SELECT * FROM {source}")
-                else:
-                    conn.execute(f"CREATE TABLE {self.staging} AS SELECT * FROM {source}")
-                conn.execute(
-                    f"INSERT OR REPLACE INTO {BATCHES} (table_name, batch_id, batch_index, "
-                    "n_keys, n_rows) VALUES (?, ?, ?, ?, ?)",
-                    [self.table, batch_id, index, n_keys, frame.height],
-                )
-        finally:
-            path.unlink(missing_ok=True)
-
-    def load(self, batch_ids: Sequence[str]) -> pl.DataFrame | None:
-        if not batch_ids:
-            return None
-        order = {batch_id: i for i, batch_id in enumerate(batch_ids)}
-        with self.store.connect(write=False) as conn:
-            frame = relation_frame(conn.sql(f"SELECT * FROM {self.staging}"))
-        import polars as pl
-
-        frame = frame.filter(pl.col("_batch_id").is_in(list(order)))
-        frame = frame.with_columns(
-            pl.col("_batch_id").replace_strict(order, return_dtype=pl.Int64).alias("_batch_order")
-        ).sort("_batch_order", "_batch_row")
-        return frame.drop("_batch_id", "_batch_row", "_batch_order")
-
-    def cleanup_in(self, conn: duckdb.DuckDBPyConnection | None) -> None:
-        if conn is None:
-            return
-        conn.execute(f"DROP TABLE IF EXISTS {self.staging}")
-        if PipelineStore._table_exists(conn, BATCHES):
-            conn.execute(f"DELETE FROM {BATCHES} WHERE table_name = ?", [self.table])
+    def cleanup(self) -> None: ...
 
 
 class FileLedger:
-    """Batches as Parquet files in a folder (for jobs that must not write the database)."""
+    """Batches as Parquet files `<batch id>.parquet` in a folder, each renamed into place
+    once written: a file there is a committed batch."""
 
     def __init__(self, folder: Path) -> None:
         self.folder = folder
@@ -211,16 +124,8 @@ class FileLedger:
             how="vertical_relaxed",
         )
 
-    def cleanup_in(self, conn: duckdb.DuckDBPyConnection | None) -> None:
+    def cleanup(self) -> None:
         shutil.rmtree(self.folder, ignore_errors=True)
-
-
-class _nothing:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: object) -> None:
-        return None
 
 
 def fetch_in_batches(

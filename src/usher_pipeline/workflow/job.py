@@ -39,7 +39,6 @@ from usher_pipeline.workflow.faults import fault_point
 from usher_pipeline.workflow.fetch import (
     BatchLedger,
     FileLedger,
-    StoreLedger,
     fetch_in_batches,
     progress_path,
     write_progress,
@@ -222,16 +221,6 @@ class Job:
 
     # -- fetching --------------------------------------------------------------------------
 
-    def _ledger(self, output: str) -> BatchLedger:
-        if output not in self._ledgers:
-            sentinel = self.output(output)
-            table = validate_table_name(sentinel.stem)
-            if self.settings.mode == "job":
-                self._ledgers[output] = StoreLedger(self.settings.store(), table)
-            else:
-                self._ledgers[output] = FileLedger(sentinel.parent / ".partial" / table)
-        return self._ledgers[output]
-
     def fetch(
         self,
         keys: Sequence[Any],
@@ -246,13 +235,15 @@ class Job:
         and the fetch's progress note (see `remaining_share`) are removed once the job has
         written its step log.
         """
-        table = self.output(output).stem
-        note = progress_path(self.output(output))
+        sentinel = self.output(output)
+        table = validate_table_name(sentinel.stem)
+        ledger = self._ledgers.setdefault(output, FileLedger(sentinel.parent / ".partial" / table))
+        note = progress_path(sentinel)
         remove_stale_temps(note)
         frame, summary = fetch_in_batches(
             keys,
             fetch,
-            ledger=self._ledger(output),
+            ledger=ledger,
             batch_size=batch_size,
             signature=sha256_json([self.rule, self.wildcards, self.params]),
             label=table,
@@ -281,6 +272,7 @@ class Job:
             fault_point("after_sentinel_temp_write", table)
             if self.settings.mode == "job":
                 store = self.settings.store()
+                remove_stale_temps(store.db_path, (".batch.parquet", ".ingest.parquet"))
                 with store.transaction() as tx:
                     # fingerprinted from the new table in the same connection: one DuckDB
                     # instance per save instead of two
@@ -401,11 +393,7 @@ class Job:
         fetches nothing again.
         """
         for output, ledger in self._ledgers.items():
-            if self.settings.mode == "job":
-                with self.settings.store().transaction() as tx, tx.connect() as conn:
-                    ledger.cleanup_in(conn)
-            else:
-                ledger.cleanup_in(None)
+            ledger.cleanup()
             note = progress_path(self.output(output))
             note.unlink(missing_ok=True)
             try:  # the last fetch to finish leaves no empty .partial folder behind
