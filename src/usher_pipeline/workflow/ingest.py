@@ -26,7 +26,6 @@ from usher_pipeline._io import read_json, write_json_atomic
 from usher_pipeline.errors import UsherError
 from usher_pipeline.hashing import sha256_file
 from usher_pipeline.persistence.duckdb_store import PipelineStore
-from usher_pipeline.persistence.fingerprint import fingerprint_source, parquet_source
 from usher_pipeline.persistence.provenance import utc_now
 from usher_pipeline.workflow.faults import fault_point
 from usher_pipeline.workflow.steplog import load_steplog
@@ -36,10 +35,12 @@ log = logging.getLogger("usher_pipeline.ingest")
 FORMAT = "usher_pipeline.ingest/1"
 COMMIT_SECONDS = 1.0  # loads committed together for at most this long
 
+Describer = tuple[Path, dict[str, Any], dict[str, Any]]  # step log path, step log, its entry
 
-def _describers(steplogs: Sequence[str | Path]) -> dict[str, tuple[Path, dict, dict]]:
+
+def _describers(steplogs: Sequence[str | Path]) -> dict[str, Describer]:
     """sentinel path -> (step log path, step log, its entry) for every table the logs list."""
-    found: dict[str, tuple[Path, dict, dict]] = {}
+    found: dict[str, Describer] = {}
     for path in steplogs:
         record = load_steplog(path)
         for entry in record["outputs"]:
@@ -49,8 +50,8 @@ def _describers(steplogs: Sequence[str | Path]) -> dict[str, tuple[Path, dict, d
 
 
 def _check_sentinel(
-    sentinel: Path, describers: dict[str, tuple[Path, dict, dict]]
-) -> tuple[Path, dict, dict, str]:
+    sentinel: Path, describers: dict[str, Describer]
+) -> tuple[Path, dict[str, Any], dict[str, Any], str]:
     """(step log path, step log, entry, SHA-256) of a sentinel its step log describes."""
     if os.path.normpath(sentinel) not in describers:
         raise UsherError(
@@ -113,8 +114,7 @@ def ingest_sentinels(
                     fingerprint: str | None = None
                     count: int | None = None
                     if current is not None:  # compare before loading
-                        with tx.connect() as conn:
-                            fingerprint, count = fingerprint_source(conn, parquet_source(sentinel))
+                        fingerprint, count = tx.fingerprint_parquet(sentinel)
                         wanted = {
                             "fingerprint": fingerprint,
                             "row_count": count,
