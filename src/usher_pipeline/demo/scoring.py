@@ -16,16 +16,15 @@ already gives exactly 0.5.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping, Sequence
 
 import polars as pl
 
 from usher_pipeline.demo.files import DemoDataError
+from usher_pipeline.settings import is_table_name
 
 __all__ = [
     "SCORE_DECIMALS",
-    "TIERS",
     "assign_tiers",
     "integrate",
     "layer_evidence",
@@ -39,9 +38,6 @@ __all__ = [
 #: Scores are rounded to this many decimals, so that sums of exact fractions (0.2 + 0.175 +
 #: 0.125) compare with thresholds as on paper and do not depend on the summation order.
 SCORE_DECIMALS = 9
-#: Tier labels, best first; ``ABSENT`` marks a positive control missing from the universe.
-TIERS = ("HIGH", "MEDIUM", "LOW")
-_LAYER_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
 
 
 def layer_evidence(
@@ -78,9 +74,11 @@ def layer_evidence(
 
 
 def _check_layer_name(layer: str) -> None:
-    if not _LAYER_NAME.match(layer):
+    """Raise DemoDataError unless `layer` is a table name (it names columns and tables)."""
+    if not is_table_name(layer):
         raise DemoDataError(
-            f"layer name {layer!r} must be lower-case letters, digits and underscores."
+            f"layer name {layer!r} is not valid: rename it to lowercase letters, digits and "
+            "underscores, starting with a letter"
         )
 
 
@@ -94,9 +92,15 @@ def integrate(universe: pl.DataFrame, layers: Mapping[str, pl.DataFrame]) -> pl.
         _check_layer_name(layer)
         column = f"{layer}_terms"
         if column in result.columns:
-            raise DemoDataError(f"layer {layer!r} is given twice or clashes with a column.")
+            raise DemoDataError(
+                f"layer {layer!r} is given twice or clashes with column {column}: "
+                "give each layer once, under a name that no universe column ends in"
+            )
         if evidence["ncbi_gene_id"].is_duplicated().any():
-            raise DemoDataError(f"evidence of layer {layer!r} has more than one row per gene.")
+            raise DemoDataError(
+                f"evidence of layer {layer!r} has more than one row per gene: "
+                "make it with layer_evidence, which gives one row per gene"
+            )
         result = result.join(
             evidence.select("ncbi_gene_id", pl.col("n_layer_terms").alias(column)),
             on="ncbi_gene_id",
@@ -121,20 +125,21 @@ def score_genes(
     column (see integrate). Scores are rounded to SCORE_DECIMALS decimals. Row order is kept.
     """
     if not weights:
-        raise DemoDataError("scoring needs at least one weighted layer.")
+        raise DemoDataError("scoring got no layer weights: pass a weight for each layer")
     if half_saturation <= 0:
-        raise DemoDataError(f"half_saturation must be > 0, got {half_saturation}.")
+        raise DemoDataError(f"half_saturation is {half_saturation}: pass a number above 0")
     for layer, weight in weights.items():
         _check_layer_name(layer)
         if f"{layer}_terms" not in evidence.columns:
             raise DemoDataError(
-                f"evidence has no column {layer}_terms for weighted layer {layer!r}."
+                f"evidence has no column {layer}_terms for weighted layer {layer!r}: "
+                "integrate that layer's evidence first, or drop its weight"
             )
         if not weight >= 0:
-            raise DemoDataError(f"weight of layer {layer!r} must be >= 0, got {weight}.")
+            raise DemoDataError(f"weight of layer {layer!r} is {weight}: use a number of 0 or more")
     total = float(sum(weights.values()))
     if total <= 0:
-        raise DemoDataError("layer weights must not all be zero.")
+        raise DemoDataError("layer weights must not all be zero: give one layer a weight above 0")
     layer_scores = [
         layer_score_expr(f"{layer}_terms", half_saturation).alias(f"{layer}_score")
         for layer in weights
@@ -154,7 +159,10 @@ def assign_tiers(scores: pl.DataFrame, high: float, medium: float) -> pl.DataFra
     tier is HIGH for score >= high, MEDIUM for score >= medium, otherwise LOW.
     """
     if not 0 <= medium <= high <= 1:
-        raise DemoDataError(f"tier thresholds need 0 <= medium <= high <= 1, got {medium}, {high}.")
+        raise DemoDataError(
+            f"tier thresholds are medium={medium}, high={high}: "
+            "use 0 <= medium <= high <= 1 (demo.tiers)"
+        )
     return (
         scores.sort(["score", "ncbi_gene_id"], descending=[True, False])
         .with_row_index("rank", offset=1)
@@ -198,7 +206,7 @@ def positive_control_summary(report: pl.DataFrame) -> dict[str, object]:
     counts = dict(report.group_by("tier").len().iter_rows())
     n_known = report.height
     n_high = int(counts.get("HIGH", 0))
-    median_rank = report["rank"].drop_nulls().median()
+    median_rank = report.select(pl.col("rank").median()).item()  # nulls (absent) ignored
     return {
         "n_known": n_known,
         "n_high": n_high,
@@ -213,7 +221,7 @@ def positive_control_summary(report: pl.DataFrame) -> dict[str, object]:
 def top_novel_candidates(tiers: pl.DataFrame, usher: pl.DataFrame, n: int = 10) -> pl.DataFrame:
     """The ``n`` best-ranked genes that are not known Usher genes, in rank order."""
     if n < 0:
-        raise DemoDataError(f"number of candidates must be >= 0, got {n}.")
+        raise DemoDataError(f"number of candidates is {n}: ask for 0 or more")
     return (
         tiers.join(usher.select("ncbi_gene_id"), on="ncbi_gene_id", how="anti").sort("rank").head(n)
     )
