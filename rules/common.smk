@@ -2,9 +2,7 @@
 
 
 import sys
-from pathlib import Path
 
-from usher_pipeline import __version__
 from usher_pipeline.config import validate_config_dict
 from usher_pipeline.errors import UsherError
 
@@ -19,27 +17,22 @@ try:
         {k: v for k, v in config.items() if not str(k).startswith("_")},
         source=_config_source(),
     )
-    from usher_pipeline.demo import hpo_data_dir
+    from usher_pipeline.demo import HPO_FILES, hpo_data_dir
 
     HPO_DIR = hpo_data_dir(CFG.demo.hpo_data_dir)
 except UsherError as error:
     sys.exit(f"usher_pipeline: {error}")
 
-config["_usher"] = {
-    "config_hash": CFG.config_hash(),
-    "pipeline_version": __version__,
-}
+# Jobs and the library read the validated config, defaults filled in: the config hash that
+# library.smk takes of it is then CFG.config_hash().
+config.update(CFG.model_dump(mode="json"))
 
 
 include: "library.smk"
 
 
 LAYERS = list(CFG.demo.layers)
-HPO = {
-    "ontology": str(HPO_DIR / "hp.obo"),
-    "annotations": str(HPO_DIR / "genes_to_phenotype.txt"),
-    "diseases": str(HPO_DIR / "phenotype.hpoa"),
-}
+HPO = {role: str(HPO_DIR / name) for role, name in HPO_FILES.items()}
 
 # The tables of the demo, each with the step log of the job that writes it.
 USHER.register("hpo_terms")

@@ -14,7 +14,14 @@ import sys
 from pathlib import Path
 
 from usher_pipeline import __version__ as USHER_VERSION
-from usher_pipeline.hashing import sha256_json
+from usher_pipeline.config.hashing import config_hash
+from usher_pipeline.settings import (
+    DEFAULT_DATABASE_MODE,
+    DEFAULT_LOGS_DIR,
+    DEFAULT_RESULTS_DIR,
+    RUNTIME_KEY,
+    TABLE_NAME_PATTERN,
+)
 from usher_pipeline.workflow.fetch import remaining_share
 from usher_pipeline.workflow.layout import Layout
 from usher_pipeline.workflow.runguard import claim_workdir
@@ -23,22 +30,20 @@ from usher_pipeline.workflow.runguard import claim_workdir
 # object: the rules of a `module` given `config: config` see what was registered here.
 USHER_REGISTRY = config.setdefault("_usher_registry", {"tables": {}, "files": {}})
 USHER = Layout(
-    results_dir=str(config.get("results_dir", "results")),
-    logs_dir=str(config.get("logs_dir", "logs")),
+    results_dir=str(config.get("results_dir", DEFAULT_RESULTS_DIR)),
+    logs_dir=str(config.get("logs_dir", DEFAULT_LOGS_DIR)),
     tables=USHER_REGISTRY["tables"],
     files=USHER_REGISTRY["files"],
 )
-# Written by the workflow, read by the job helpers: what identifies this run's config.
+# Written by the workflow, read by the job helpers: what identifies this run's config. The
+# hash leaves out paths, store and API settings (config/hashing.py, config/README.md).
 config.setdefault(
-    "_usher",
-    {
-        "config_hash": sha256_json(
-            {k: v for k, v in config.items() if not str(k).startswith("_")}
-        ),
-        "pipeline_version": USHER_VERSION,
-    },
+    RUNTIME_KEY,
+    {"config_hash": config_hash(config), "pipeline_version": USHER_VERSION},
 )
-USHER_DATABASE_MODE = str((config.get("store") or {}).get("database_mode", "job"))
+USHER_DATABASE_MODE = str(
+    (config.get("store") or {}).get("database_mode", DEFAULT_DATABASE_MODE)
+)
 # The checkout that envs/usher_pipeline.yaml installs with `--sdm conda` (pip expands it).
 if workflow.current_basedir.is_local:
     os.environ.setdefault(
@@ -58,7 +63,7 @@ if workflow.is_main_process:
 
 
 wildcard_constraints:
-    table="[a-z][a-z0-9_]*",
+    table=TABLE_NAME_PATTERN,
 
 
 def usher_steplogs(wildcards):

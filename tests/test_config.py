@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import json
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -26,6 +27,7 @@ from usher_pipeline.config import (
     ScoringWeights,
     StoreConfig,
     TierThresholds,
+    config_hash,
     json_schema,
     load_config,
     load_config_with_overrides,
@@ -33,6 +35,7 @@ from usher_pipeline.config import (
 )
 
 REPO = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
 EMBEDDED = REPO / "config" / "config.yaml"
 SCHEMA_FILE = REPO / "config" / "config.schema.json"
 
@@ -255,7 +258,9 @@ def test_at_least_one_layer_is_required():
     assert "at least 1 item" in message
 
 
-@pytest.mark.parametrize("name", ["Hearing", "1hearing", "hear-ing", "_hearing", "a" * 42, ""])
+@pytest.mark.parametrize(
+    "name", ["Hearing", "1hearing", "hear-ing", "_hearing", "a" * 42, "", "hearing\n"]
+)
 def test_bad_layer_name_is_rejected(name):
     layers = {name: {"terms": ["HP:0000365"], "weight": 1.0}}
     message = error_of(with_value("demo.layers", layers))
@@ -612,6 +617,114 @@ def test_config_hash_docstring_says_what_is_in_and_out():
         assert name in doc
 
 
+# --- one config hash for the demo's model and any workflow's raw config -----------------------
+
+MOVED = {
+    "data_dir": "/scratch/run/data",
+    "cache_dir": "/scratch/run/cache",
+    "results_dir": "/scratch/run/results",
+    "duckdb_path": "/scratch/run/pipeline.duckdb",
+    "logs_dir": "/scratch/run/logs",
+    "store": {"database_mode": "head", "lock_timeout_seconds": 5.0},
+    "api": {"max_retries": 1},
+    "_usher_registry": {"tables": {"numbers": "numbers"}, "files": {}},
+}
+
+
+def test_library_hash_of_the_raw_config_is_the_models_hash():
+    raw = embedded_dict()
+    assert config_hash(raw) == load_config(EMBEDDED).config_hash()
+    reordered = dict(reversed(list(raw.items())))
+    assert config_hash(reordered) == config_hash(raw)
+    # a config that leaves settings to their defaults hashes as its validated form does
+    cfg = validate_config_dict({"versions": {"ensembl_release": 113}}, "x")
+    assert config_hash(cfg.model_dump(mode="json")) == cfg.config_hash()
+
+
+def test_a_moved_run_keeps_the_library_hash():
+    raw = embedded_dict()
+    moved = copy.deepcopy(raw) | copy.deepcopy(MOVED)
+    moved["demo"]["fetch"] = {"batch_size": 7, "batch_latency_seconds": 0.0}
+    moved["demo"]["hpo_data_dir"] = "/data/hpo"
+    assert config_hash(moved) == config_hash(raw)
+    own = {"count": 40, "batch_size": 8}
+    assert config_hash(own | MOVED) == config_hash(own)
+    assert config_hash({**own, "count": 41}) != config_hash(own)
+
+
+def test_library_hash_leaves_out_further_paths_and_keeps_its_input():
+    own = {"count": 40, "fetch": {"batch_size": 8, "source": "a"}}
+    before = copy.deepcopy(own)
+    base = config_hash(own, exclude=["fetch.batch_size"])
+    assert (
+        config_hash({**own, "fetch": {"batch_size": 99, "source": "a"}}, ["fetch.batch_size"])
+        == base
+    )
+    assert (
+        config_hash({**own, "fetch": {"batch_size": 8, "source": "b"}}, ["fetch.batch_size"])
+        != base
+    )
+    assert config_hash(own) != base
+    # a path that is not there, or goes below a value, leaves nothing out
+    assert config_hash(own, exclude=["nope.x", "count.x"]) == config_hash(own)
+    assert own == before
+
+
+def _dry_run_hash(workdir: Path, *args: str) -> str:
+    """The config hash that a dry run of the workflow in `workdir` hands its jobs."""
+    done = subprocess.run(
+        [str(BIN / "snakemake"), "-n", *args],
+        cwd=workdir,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    found = re.findall(r"^config hash: (\S+)$", done.stderr, flags=re.MULTILINE)
+    assert done.returncode == 0 and found, f"{done.stdout}\n{done.stderr}"
+    return str(found[0])
+
+
+PRINT_HASH = (
+    "\nimport sys\n"
+    "print('config hash:', config['_usher']['config_hash'], file=sys.stderr)\n"
+    "assert config['_usher']['pipeline_version'] == __import__('usher_pipeline').__version__\n"
+)
+
+
+def test_the_demo_workflow_records_the_models_hash_wherever_it_runs(tmp_path):
+    workdir = tmp_path / "demo"
+    workdir.mkdir()
+    for name in ("Snakefile", "rules", "scripts", "config", "envs", "report"):
+        source = REPO / name
+        copy_tree = shutil.copytree if source.is_dir() else shutil.copy2
+        copy_tree(source, workdir / name)
+    with open(workdir / "Snakefile", "a", encoding="utf-8") as snakefile:
+        snakefile.write(PRINT_HASH)
+    expected = load_config(EMBEDDED).config_hash()
+    assert _dry_run_hash(workdir) == expected
+    moved = ("results_dir=/scratch/moved", "duckdb_path=/scratch/moved/p.duckdb")
+    assert _dry_run_hash(workdir, "--config", *moved) == expected
+    changed = load_config_with_overrides(EMBEDDED, {"demo.gene_limit": 200}).config_hash()
+    assert _dry_run_hash(workdir, "--config", "demo={'gene_limit': 200}") == changed
+
+
+def test_any_workflow_records_the_library_hash_of_its_config(tmp_path):
+    (tmp_path / "Snakefile").write_text(
+        'config.setdefault("count", 40)\n'
+        f'include: "{REPO / "rules" / "library.smk"}"\n'
+        f"{PRINT_HASH}\n"
+        "rule all:\n"
+        "    output:\n"
+        '        "done.txt",\n'
+        "    shell:\n"
+        '        "touch {output}"\n',
+        encoding="utf-8",
+    )
+    expected = config_hash({"count": 40})
+    assert _dry_run_hash(tmp_path) == expected
+    assert _dry_run_hash(tmp_path, "--config", "results_dir=moved", "logs_dir=moved") == expected
+
+
 # --- slice and data_source_versions ---------------------------------------------------------
 
 
@@ -681,13 +794,13 @@ def test_committed_schema_file_equals_the_model_output():
     expected = json.dumps(json_schema(), indent=2, sort_keys=True) + "\n"
     assert SCHEMA_FILE.read_text(encoding="utf-8") == expected, (
         "config/config.schema.json is stale: run "
-        "python -m usher_pipeline.config.schema > config/config.schema.json"
+        "python -m usher_pipeline.config > config/config.schema.json"
     )
 
 
 def test_schema_module_prints_the_schema_cleanly():
     result = subprocess.run(
-        [sys.executable, "-m", "usher_pipeline.config.schema"],
+        [sys.executable, "-m", "usher_pipeline.config"],
         capture_output=True,
         text=True,
         check=True,
@@ -696,9 +809,23 @@ def test_schema_module_prints_the_schema_cleanly():
     assert result.stderr == ""
 
 
-def test_json_schema_is_the_model_schema_and_forbids_unknown_keys():
+@pytest.mark.parametrize(
+    "name", ["hearing", "hearing_2", "a" * 41, "a" * 42, "Hearing", "1x", "hear-ing", "", "x y"]
+)
+def test_json_schema_and_model_agree_on_layer_names(name):
+    validator = jsonschema.Draft202012Validator(json_schema())
+    data = with_value("demo.layers", {name: {"terms": ["HP:0000365"], "weight": 1.0}})
+    try:
+        validate_config_dict(data, "x")
+    except ConfigError:
+        accepted = False
+    else:
+        accepted = True
+    assert validator.is_valid(data) == accepted
+
+
+def test_json_schema_forbids_unknown_keys():
     schema = json_schema()
-    assert schema == PipelineConfig.model_json_schema()
     assert schema["additionalProperties"] is False
     assert schema["required"] == ["versions"]
     for name in ("APIConfig", "DemoConfig", "LayerConfig", "TierThresholds", "StoreConfig"):
@@ -710,24 +837,15 @@ def test_json_schema_is_the_model_schema_and_forbids_unknown_keys():
     assert validator.is_valid({"versions": {"ensembl_release": 113}})
 
 
-def test_package_exports_the_public_api():
-    assert set(config_pkg.__all__) == {
-        "PipelineConfig",
-        "DataSourceVersions",
-        "APIConfig",
-        "ScoringWeights",
-        "StoreConfig",
-        "DemoConfig",
-        "LayerConfig",
-        "FetchConfig",
-        "TierThresholds",
-        "ConfigError",
-        "load_config",
-        "load_config_with_overrides",
-        "validate_config_dict",
-        "json_schema",
-    }
+def test_package_exports_resolve_and_parsing_stays_light():
     for name in config_pkg.__all__:
-        assert getattr(config_pkg, name) is not None
+        assert getattr(config_pkg, name).__module__.startswith("usher_pipeline.config.")
     with pytest.raises(AttributeError):
         config_pkg.NotAThing  # noqa: B018
+    # the workflow imports the package when Snakemake parses it: no data library may load
+    probe = (
+        "import sys, usher_pipeline.config; "
+        "print(sorted({'polars', 'duckdb', 'numpy', 'pyarrow'} & set(sys.modules)))"
+    )
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]"

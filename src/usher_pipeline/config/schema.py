@@ -1,15 +1,14 @@
 """Pydantic models of the pipeline config (`config/config.yaml`) and its generated JSON schema.
 
 Every model forbids unknown keys, so a misspelt key is an error rather than a silent default.
-`config/config.schema.json` is the output of `python -m usher_pipeline.config.schema`.
+`config/config.schema.json` is the output of `python -m usher_pipeline.config`.
 """
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 from pydantic import (
     AfterValidator,
@@ -21,11 +20,21 @@ from pydantic import (
     model_validator,
 )
 
-from usher_pipeline.hashing import sha256_json
-from usher_pipeline.persistence.duckdb_store import LOAD_MEMORY_MB
+from usher_pipeline.config.hashing import config_hash
+from usher_pipeline.settings import (
+    DEFAULT_DATABASE_MODE,
+    DEFAULT_DB_PATH,
+    DEFAULT_LOCK_TIMEOUT_S,
+    DEFAULT_RESULTS_DIR,
+    LOAD_MEMORY_MB,
+    TABLE_NAME_PATTERN,
+    DatabaseMode,
+    is_table_name,
+)
 
 _SUM_TOLERANCE = 1e-6
-LAYER_NAME_PATTERN = r"^[a-z][a-z0-9_]{0,40}$"
+#: A layer name is a table name (it becomes table `evidence_<layer>`) of at most this length.
+MAX_LAYER_NAME_LENGTH = 41
 HPO_TERM_PATTERN = r"^HP:\d{7}$"
 
 HpoTerm = Annotated[str, StringConstraints(pattern=HPO_TERM_PATTERN)]
@@ -33,10 +42,11 @@ HpoTerm = Annotated[str, StringConstraints(pattern=HPO_TERM_PATTERN)]
 
 def _check_layer_name(name: str) -> str:
     """Layer names become table names `evidence_<layer>`, so they must be SQL-safe."""
-    if not re.fullmatch(LAYER_NAME_PATTERN, name):
+    if not (is_table_name(name) and len(name) <= MAX_LAYER_NAME_LENGTH):
         raise ValueError(
             f"layer name {name!r} is not valid: use lowercase letters, digits and underscores, "
-            "starting with a letter, at most 41 characters (it becomes table evidence_<layer>)"
+            f"starting with a letter, at most {MAX_LAYER_NAME_LENGTH} characters "
+            "(it becomes table evidence_<layer>)"
         )
     return name
 
@@ -99,10 +109,12 @@ class StoreConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     lock_timeout_seconds: float = Field(
-        default=120.0, gt=0, description="How long a job waits for the database lock."
+        default=DEFAULT_LOCK_TIMEOUT_S,
+        gt=0,
+        description="How long a job waits for the database lock.",
     )
-    database_mode: Literal["job", "head"] = Field(
-        default="job",
+    database_mode: DatabaseMode = Field(
+        default=DEFAULT_DATABASE_MODE,
         description=(
             "'job': each job writes its table into the database; 'head': jobs write only "
             "sentinels and step logs and a local rule on the submit host ingests them (for "
@@ -184,7 +196,12 @@ class DemoConfig(BaseModel):
     layers: dict[LayerName, LayerConfig] = Field(
         default=_default_layers(),
         min_length=1,
-        json_schema_extra={"propertyNames": {"pattern": LAYER_NAME_PATTERN}},
+        json_schema_extra={
+            "propertyNames": {
+                "pattern": f"^{TABLE_NAME_PATTERN}$",
+                "maxLength": MAX_LAYER_NAME_LENGTH,
+            }
+        },
         description="Evidence layers by name; each becomes table evidence_<layer>.",
     )
     tiers: TierThresholds = TierThresholds()
@@ -212,10 +229,10 @@ class PipelineConfig(BaseModel):
 
     data_dir: Path = Field(default=Path("data"), description="Downloaded input data.")
     cache_dir: Path = Field(default=Path("data/cache"), description="Cached API responses.")
-    duckdb_path: Path = Field(
-        default=Path("results/pipeline.duckdb"), description="The shared DuckDB store."
+    duckdb_path: Path = Field(default=Path(DEFAULT_DB_PATH), description="The shared DuckDB store.")
+    results_dir: Path = Field(
+        default=Path(DEFAULT_RESULTS_DIR), description="Sentinels, logs, reports."
     )
-    results_dir: Path = Field(default=Path("results"), description="Sentinels, logs, reports.")
     versions: DataSourceVersions
     api: APIConfig = APIConfig()
     scoring: ScoringWeights = ScoringWeights()
@@ -230,13 +247,9 @@ class PipelineConfig(BaseModel):
         run), `store` (locking and where the database is written), `api` (rate limit,
         retries, timeout and cache TTL change how data are fetched, not what),
         `demo.fetch` (batching and latency) and `demo.hpo_data_dir` (where the files sit).
+        The same definition as a workflow's raw config gets (`config.hashing.config_hash`).
         """
-        payload = {
-            "versions": self.versions.model_dump(mode="json"),
-            "scoring": self.scoring.model_dump(mode="json"),
-            "demo": self.demo.model_dump(mode="json", exclude={"fetch", "hpo_data_dir"}),
-        }
-        return sha256_json(payload)
+        return config_hash(self.model_dump(mode="json"))
 
     def slice(self, *dotted: str) -> dict[str, Any]:
         """JSON-able values at dotted paths, keyed by path, for a rule's `params:`.
@@ -274,7 +287,3 @@ class PipelineConfig(BaseModel):
 def json_schema() -> dict[str, Any]:
     """JSON schema of `PipelineConfig`, for editors and Snakemake's `validate`."""
     return PipelineConfig.model_json_schema()
-
-
-if __name__ == "__main__":
-    print(json.dumps(json_schema(), indent=2, sort_keys=True))
