@@ -7,19 +7,21 @@ every sidecar to write, and the head-node ingest knows every table to load.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from usher_pipeline.persistence.duckdb_store import validate_table_name
 from usher_pipeline.persistence.provenance import sidecar_path
+from usher_pipeline.settings import DEFAULT_LOGS_DIR, DEFAULT_RESULTS_DIR, RUN_RECORD_NAME
 
 
 @dataclass
 class Layout:
     """Where a run's files go, below `results_dir` (and `logs_dir` for job logs)."""
 
-    results_dir: str = "results"
-    logs_dir: str = "logs"
+    results_dir: str = DEFAULT_RESULTS_DIR
+    logs_dir: str = DEFAULT_LOGS_DIR
     tables: dict[str, str] = field(default_factory=dict)  # table -> step log name
     files: dict[str, str] = field(default_factory=dict)  # file path -> step log name
 
@@ -52,11 +54,13 @@ class Layout:
     @property
     def run_record(self) -> str:
         """The run-level provenance record."""
-        return f"{self.results_dir}/provenance.json"
+        return f"{self.results_dir}/{RUN_RECORD_NAME}"
 
     # -- registry --------------------------------------------------------------------------
 
-    def register(self, *tables: str, steplog: str | None = None, files: tuple = ()) -> None:
+    def register(
+        self, *tables: str, steplog: str | None = None, files: Iterable[str | Path] = ()
+    ) -> None:
         """Record tables (and extra files) made by one job, whose step log is `steplog`
         (by default named after the first table)."""
         if not tables and steplog is None:

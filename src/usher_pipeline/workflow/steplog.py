@@ -98,13 +98,6 @@ def parquet_rows(path: Path) -> int | None:
     return int(pl.scan_parquet(path).select(pl.len()).collect().item())
 
 
-def tsv_rows(path: Path) -> int | None:
-    """Data rows of a small TSV (lines minus the header)."""
-    with open(path, "rb") as handle:
-        lines = sum(1 for _ in handle)
-    return max(0, lines - 1)
-
-
 def describe_file(
     name: str, path: str | Path, rows: int | None = None, **extra: Any
 ) -> dict[str, Any]:
