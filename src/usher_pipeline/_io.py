@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import glob
 import json
 import os
+import re
 import time
 import uuid
 from collections.abc import Iterator
@@ -11,10 +13,18 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+TEMP_SUFFIX = ".tmp"
 
-def temp_path_for(target: Path) -> Path:
-    """A unique temporary name in the target's own folder, so that a rename is atomic."""
-    return target.with_name(f".{target.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+
+def temp_path_for(target: Path, suffix: str = TEMP_SUFFIX) -> Path:
+    """A unique temporary name `.<name>.<pid>.<hex><suffix>` in the target's own folder, so
+    that a rename is atomic and `remove_stale_temps` can tell whose file it is."""
+    return target.with_name(f".{target.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}{suffix}")
+
+
+def _temp_name(target: Path) -> re.Pattern[str]:
+    """The names `temp_path_for(target, ...)` gives, with the writer's PID as group `pid`."""
+    return re.compile(rf"\.{re.escape(target.name)}\.(?P<pid>\d+)\.[0-9a-f]+(\..+)?")
 
 
 def _process_stat(pid: int) -> tuple[str, float] | None:
@@ -49,23 +59,22 @@ def writer_is_gone(pid: int, written_at: float) -> bool:
     return state in ("Z", "X") or started > written_at + 0.1  # /proc's clock-tick rounding
 
 
-def remove_stale_temps(target: Path, suffixes: tuple[str, ...] = (".tmp",)) -> list[Path]:
-    """Delete hidden temporary files `.<target name>.<pid>.*<suffix>` whose writing process no
-    longer runs (a job killed mid-write). Snakemake never runs two jobs for one output at a
-    time, so no live writer's file is touched."""
+def remove_stale_temps(target: Path) -> list[Path]:
+    """Delete the temporary files of `target` (named by `temp_path_for`, any suffix) whose
+    writing process no longer runs (a job killed mid-write). Snakemake never runs two jobs
+    for one output at a time, so no live writer's file is touched."""
     removed = []
-    prefix = f".{target.name}."
-    for path in target.parent.glob(f"{prefix}*"):
-        if not path.name.endswith(suffixes):
+    pattern = _temp_name(target)
+    for path in target.parent.glob(f".{glob.escape(target.name)}.*"):
+        match = pattern.fullmatch(path.name)
+        if match is None or int(match["pid"]) == os.getpid():
             continue
-        pid = path.name[len(prefix) :].split(".", 1)[0]
-        if not pid.isdigit() or int(pid) == os.getpid():
-            continue
+        pid = int(match["pid"])
         try:
             written_at = path.stat().st_mtime
         except FileNotFoundError:
             continue  # its writer renamed or removed it meanwhile
-        if writer_is_gone(int(pid), written_at):
+        if writer_is_gone(pid, written_at):
             path.unlink(missing_ok=True)
             removed.append(path)
     return removed

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from usher_pipeline._io import remove_stale_temps, temp_path_for, write_json_atomic
+from usher_pipeline._io import atomic_path, remove_stale_temps, temp_path_for, write_json_atomic
 from usher_pipeline.errors import UsherError
 from usher_pipeline.hashing import canonical_json, sha256_json
 from usher_pipeline.persistence.duckdb_store import (
@@ -265,14 +265,14 @@ class Job:
         frame = to_polars(df)
         sentinel.parent.mkdir(parents=True, exist_ok=True)
         remove_stale_temps(sentinel)
-        tmp = temp_path_for(sentinel)
+        tmp = temp_path_for(sentinel)  # by hand, not atomic_path: the fault points sit between
         committed_at = None
         try:
             write_parquet(frame, tmp)
             fault_point("after_sentinel_temp_write", table)
             if self.settings.mode == "job":
                 store = self.settings.store()
-                remove_stale_temps(store.db_path, (".batch.parquet", ".ingest.parquet"))
+                remove_stale_temps(store.db_path)  # staging files of killed store writers
                 with store.transaction() as tx:
                     # fingerprinted from the new table in the same connection: one DuckDB
                     # instance per save instead of two
@@ -309,13 +309,8 @@ class Job:
         """Write a final report as TSV atomically and describe it in the step log."""
         frame = to_polars(df)
         target = self.output(output)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = temp_path_for(target)
-        try:
+        with atomic_path(target) as tmp:
             frame.write_csv(tmp, separator="\t")
-            os.replace(tmp, target)
-        finally:
-            tmp.unlink(missing_ok=True)
         entry = steplog.describe_file(output, target, rows=frame.height)
         self.outputs.append(entry)
         return entry
