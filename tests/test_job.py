@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import socket
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 from typing import Any
 
@@ -16,11 +18,11 @@ import pytest
 
 from usher_pipeline import __version__
 from usher_pipeline.demo import hpo_data_dir
-from usher_pipeline.errors import UsherError
 from usher_pipeline.hashing import sha256_json
 from usher_pipeline.persistence import PipelineStore
 from usher_pipeline.persistence.fingerprint import fingerprint_parquet
 from usher_pipeline.workflow import Job, StoreSettings, load_steplog, mock_snakemake, run_script
+from usher_pipeline.workflow.job import job_logger
 
 REPO = Path(__file__).resolve().parents[1]
 SCHEDULER_VARIABLES = ("SLURM_JOB_ID", "SLURM_JOB_PARTITION", "PBS_JOBID", "LSB_JOBID", "JOB_ID")
@@ -51,15 +53,55 @@ def no_scheduler(monkeypatch):
 # -- errors --------------------------------------------------------------------------------------
 
 
-def test_rule_without_steplog_output_is_a_one_sentence_error(tmp_path):
-    smk = mock_snakemake(
-        "genes", output={"table": tmp_path / "genes.parquet"}, config=job_config(tmp_path)
+SETUP_ERROR_SCRIPT = """
+import sys
+from usher_pipeline.workflow import Job, mock_snakemake
+
+base, case = sys.argv[1], sys.argv[2]
+output = {"table": f"{base}/genes.parquet", "steplog": f"{base}/genes.json"}
+config = {"duckdb_path": f"{base}/pipeline.duckdb"}
+if case == "no_steplog":
+    del output["steplog"]
+else:
+    config["store"] = {"database_mode": "cluster"}
+smk = mock_snakemake("genes", output=output, log=[f"{base}/logs/genes.log"], config=config)
+with Job(smk) as job:
+    raise AssertionError("the job body ran")
+"""
+
+
+@pytest.mark.parametrize(
+    ("case", "message"),
+    [
+        (
+            "no_steplog",
+            "rule genes has no output named 'steplog': declare steplog=... next to its "
+            "sentinel (see docs/architecture.md)",
+        ),
+        (
+            "bad_mode",
+            "store.database_mode is 'cluster': use 'job' (jobs write the database) or 'head' "
+            "(a local rule ingests sentinels, for shared filesystems)",
+        ),
+    ],
+)
+def test_job_that_cannot_start_exits_with_one_line_in_its_log(tmp_path, case, message):
+    """An UsherError in the Job's setup, in a real script process as under Snakemake: exit
+    status 1, one line on stderr, no traceback, and the error in the job's log."""
+    script = tmp_path / "genes.py"
+    script.write_text(SETUP_ERROR_SCRIPT)
+    done = subprocess.run(
+        [sys.executable, str(script), str(tmp_path), case],
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
-    with pytest.raises(UsherError) as caught:
-        Job(smk)
-    message = str(caught.value)
-    assert message.startswith("rule genes has no output named 'steplog': declare steplog=")
-    assert "\n" not in message
+    assert done.returncode == 1, done.stderr
+    assert "Traceback" not in done.stderr
+    assert done.stderr.strip().splitlines()[-1] == f"rule genes: {message}"
+    log = (tmp_path / "logs/genes.log").read_text().splitlines()
+    assert [line.split(" ERROR ", 1)[1] for line in log if " ERROR " in line] == [message]
+    assert not (tmp_path / "genes.json").exists()
 
 
 def test_usher_error_in_a_job_exits_with_one_line_and_no_step_log(tmp_path):
@@ -146,12 +188,14 @@ def run_genes_job(tmp_path: Path) -> dict[str, Any]:
 def test_step_log_records_the_job(tmp_path, monkeypatch):
     monkeypatch.setenv("SLURM_JOB_ID", "4242")
     monkeypatch.setenv("SLURM_JOB_PARTITION", "short")
+    started = time.perf_counter()
     record = run_genes_job(tmp_path)
+    wall_seconds = time.perf_counter() - started  # around the job, so at least its duration
     assert record["format"] == "usher_pipeline.steplog/1"
     assert record["rule"] == "genes"
     assert record["wildcards"] == {"panel": "usher"}
     assert record["started_at"] <= record["ended_at"]
-    assert record["duration_seconds"] >= 0
+    assert 0 < record["duration_seconds"] <= wall_seconds
     source = tmp_path / "results/tables/raw_genes.parquet"
     assert record["inputs"] == [
         {
@@ -395,3 +439,53 @@ def test_stale_temps_of_a_killed_writer_not_yet_reaped_are_removed(tmp_path):
     finally:
         writer.kill()
         writer.wait()
+
+
+def test_every_library_logger_writes_to_the_job_log(tmp_path):
+    """The job's log takes the lines of any module logger of the package, a new one included,
+    once, and a second job in the same process starts a log of its own."""
+    import logging
+
+    first = tmp_path / "logs/first.log"
+    job_logger("first", first).info("first job")
+    logging.getLogger("usher_pipeline.some.new_module").info("a library line")
+    second = tmp_path / "logs/second.log"
+    job_logger("second", second).info("second job")
+    lines = [line.split(" INFO ", 1)[1] for line in first.read_text().splitlines()]
+    assert lines == ["first job", "a library line"]
+    assert second.read_text().splitlines()[0].endswith(" INFO second job")
+
+
+def test_stale_temps_of_any_suffix_follow_one_naming(tmp_path):
+    """Every temporary name is `temp_path_for`'s, whatever its suffix, so one parser finds the
+    staging files of a killed writer; files of other shapes are left alone."""
+    from usher_pipeline._io import remove_stale_temps, temp_path_for
+
+    db = tmp_path / "pipeline.duckdb"
+    mine = temp_path_for(db, ".ingest.parquet")
+    assert mine.parent == tmp_path
+    assert mine.name.startswith(f".pipeline.duckdb.{os.getpid()}.")
+    assert mine.name.endswith(".ingest.parquet")
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    pid = int(dead.stdout)
+    left = [
+        tmp_path / f".pipeline.duckdb.{pid}.0badc0de.ingest.parquet",
+        tmp_path / f".pipeline.duckdb.{pid}.{'ab' * 12}.batch.parquet",  # an older version's
+        tmp_path / f".pipeline.duckdb.{pid}.feedface.tmp",
+    ]
+    others = [
+        mine,
+        tmp_path / f".pipeline.duckdb.{pid}.not-hex.tmp",
+        tmp_path / f".pipeline.duckdb.x{pid}.0badc0de.tmp",
+        tmp_path / f".other.duckdb.{pid}.0badc0de.tmp",
+        tmp_path / "pipeline.duckdb.wal",
+    ]
+    for path in left + others:
+        path.write_bytes(b"")
+    assert sorted(remove_stale_temps(db)) == sorted(left)
+    assert all(p.exists() for p in others)

@@ -8,7 +8,13 @@ other.
 from __future__ import annotations
 
 import re
-from typing import Final, Literal
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Final, Literal
+
+if TYPE_CHECKING:
+    from usher_pipeline.persistence.duckdb_store import PipelineStore
 
 # -- the store ---------------------------------------------------------------------------
 
@@ -43,3 +49,55 @@ RUN_RECORD_NAME: Final = "provenance.json"  # results_dir/<this>: the run-level 
 # The key of Snakemake's `config` under which the workflow hands its jobs what identifies
 # the run (config hash, library version).
 RUNTIME_KEY: Final = "_usher"
+
+
+# -- the store settings of a job ---------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class StoreSettings:
+    """Where and how jobs write the database, read from Snakemake's `config`.
+
+    These settings change where results go, not what they are, so they travel in the config
+    rather than in `params:` (a params change would rerun every job).
+    """
+
+    db_path: Path
+    lock_timeout: float
+    mode: DatabaseMode
+    load_memory_mb: int
+    config_hash: str | None
+    pipeline_version: str | None
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any]) -> StoreSettings:
+        """The settings in a Snakemake `config` (the library's defaults where it is silent)."""
+        store = config.get("store") or {}
+        runtime = config.get(RUNTIME_KEY) or {}
+        mode = str(store.get("database_mode", DEFAULT_DATABASE_MODE))
+        if mode not in DATABASE_MODES:
+            from usher_pipeline.errors import UsherError
+
+            raise UsherError(
+                f"store.database_mode is '{mode}': use 'job' (jobs write the database) or "
+                "'head' (a local rule ingests sentinels, for shared filesystems)"
+            )
+        return cls(
+            db_path=Path(config.get("duckdb_path", DEFAULT_DB_PATH)),
+            lock_timeout=float(store.get("lock_timeout_seconds", DEFAULT_LOCK_TIMEOUT_S)),
+            mode=mode,
+            load_memory_mb=int(store.get("load_memory_mb", LOAD_MEMORY_MB)),
+            config_hash=runtime.get("config_hash"),
+            pipeline_version=runtime.get("pipeline_version"),
+        )
+
+    def store(self) -> PipelineStore:
+        """A store on the configured database (imported here: this module stays a leaf)."""
+        from usher_pipeline.persistence.duckdb_store import PipelineStore
+
+        return PipelineStore(
+            self.db_path,
+            self.lock_timeout,
+            config_hash=self.config_hash,
+            load_memory_mb=self.load_memory_mb,
+        )

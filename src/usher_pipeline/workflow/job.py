@@ -13,27 +13,18 @@ is missing.
 
 from __future__ import annotations
 
-import logging
 import os
-import sys
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from usher_pipeline._io import atomic_path, remove_stale_temps, temp_path_for, write_json_atomic
 from usher_pipeline.errors import UsherError
 from usher_pipeline.hashing import canonical_json, sha256_json
-from usher_pipeline.persistence.duckdb_store import (
-    LOAD_MEMORY_MB,
-    PipelineStore,
-    to_polars,
-    validate_table_name,
-    write_parquet,
-)
+from usher_pipeline.persistence.duckdb_store import to_polars, validate_table_name, write_parquet
 from usher_pipeline.persistence.provenance import utc_now
+from usher_pipeline.settings import StoreSettings
 from usher_pipeline.workflow import steplog
 from usher_pipeline.workflow.faults import fault_point
 from usher_pipeline.workflow.fetch import (
@@ -43,73 +34,15 @@ from usher_pipeline.workflow.fetch import (
     progress_path,
     write_progress,
 )
+from usher_pipeline.workflow.logs import job_logger, user_errors
+from usher_pipeline.workflow.smk import jsonable, named, named_files
 
 if TYPE_CHECKING:
     import polars as pl
 
+__all__ = ["STEPLOG_OUTPUT", "Job", "StoreSettings", "job_logger", "user_errors"]
+
 STEPLOG_OUTPUT = "steplog"
-RUNTIME_KEY = "_usher"
-DATABASE_MODES = ("job", "head")
-
-
-@dataclass(frozen=True)
-class StoreSettings:
-    """Where and how jobs write the database, read from Snakemake's `config`.
-
-    These settings change where results go, not what they are, so they travel in the config
-    rather than in `params:` (a params change would rerun every job).
-    """
-
-    db_path: Path
-    lock_timeout: float
-    mode: str
-    load_memory_mb: int
-    config_hash: str | None
-    pipeline_version: str | None
-
-    @classmethod
-    def from_config(cls, config: Mapping[str, Any]) -> StoreSettings:
-        store = config.get("store") or {}
-        runtime = config.get(RUNTIME_KEY) or {}
-        mode = str(store.get("database_mode", "job"))
-        if mode not in DATABASE_MODES:
-            raise UsherError(
-                f"store.database_mode is '{mode}': use 'job' (jobs write the database) or "
-                "'head' (a local rule ingests sentinels, for shared filesystems)"
-            )
-        return cls(
-            db_path=Path(config.get("duckdb_path", "results/pipeline.duckdb")),
-            lock_timeout=float(store.get("lock_timeout_seconds", 120.0)),
-            mode=mode,
-            load_memory_mb=int(store.get("load_memory_mb", LOAD_MEMORY_MB)),
-            config_hash=runtime.get("config_hash"),
-            pipeline_version=runtime.get("pipeline_version"),
-        )
-
-    def store(self) -> PipelineStore:
-        return PipelineStore(
-            self.db_path,
-            self.lock_timeout,
-            config_hash=self.config_hash,
-            load_memory_mb=self.load_memory_mb,
-        )
-
-
-def _jsonable(value: Any) -> Any:
-    """Params as plain JSON values (Snakemake namedlists and paths included)."""
-    if isinstance(value, Mapping):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, str | int | float | bool) or value is None:
-        return value
-    return str(value)
-
-
-def _named(container: Any) -> dict[str, str]:
-    """The named entries of a Snakemake input/output/log container."""
-    keys = list(container.keys()) if hasattr(container, "keys") else []
-    return {name: str(container[name]) for name in keys}
 
 
 class Job:
@@ -120,21 +53,23 @@ class Job:
         self.rule: str = str(snakemake.rule)
         self.started_at = utc_now()
         self._t0 = time.perf_counter()
-        self.settings = StoreSettings.from_config(snakemake.config or {})
-        self.wildcards = {k: str(v) for k, v in _named_items(snakemake.wildcards)}
-        self.params: dict[str, Any] = {k: _jsonable(v) for k, v in _named_items(snakemake.params)}
+        logs = [str(p) for p in snakemake.log] if snakemake.log else []
+        self.log = job_logger(self.rule, logs[0] if logs else None)  # first: errors land in it
         self.steps: list[dict[str, Any]] = []
         self.data_sources: dict[str, Any] = {}
         self.outputs: list[dict[str, Any]] = []
         self._rows_read: dict[str, int] = {}
         self._ledgers: dict[str, BatchLedger] = {}
         self._finished = False
-        self.log = self._open_log()
-        if STEPLOG_OUTPUT not in _named(snakemake.output):
-            raise UsherError(
-                f"rule {self.rule} has no output named '{STEPLOG_OUTPUT}': declare "
-                f"{STEPLOG_OUTPUT}=... next to its sentinel (see docs/architecture.md)"
-            )
+        with user_errors(self.log, f"rule {self.rule}"):
+            self.settings = StoreSettings.from_config(snakemake.config or {})
+            self.wildcards = {k: str(v) for k, v in named(snakemake.wildcards).items()}
+            self.params: dict[str, Any] = jsonable(named(snakemake.params))
+            if STEPLOG_OUTPUT not in named(snakemake.output):
+                raise UsherError(
+                    f"rule {self.rule} has no output named '{STEPLOG_OUTPUT}': declare "
+                    f"{STEPLOG_OUTPUT}=... next to its sentinel (see docs/architecture.md)"
+                )
 
     # -- context ---------------------------------------------------------------------------
 
@@ -144,42 +79,32 @@ class Job:
     def __exit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: Any
     ) -> None:
-        if exc is None:
-            try:
-                self.finish()
-            except UsherError as error:
-                self.log.error("%s", error)
-                raise SystemExit(f"rule {self.rule}: {error}") from None
-            return
-        if isinstance(exc, UsherError):
-            self.log.error("%s", exc)
-            raise SystemExit(f"rule {self.rule}: {exc}") from None
-        if not isinstance(exc, KeyboardInterrupt | SystemExit):
-            self.log.exception("rule %s failed", self.rule)
-
-    def _open_log(self) -> logging.Logger:
-        logs = list(self.smk.log) if self.smk.log else []
-        return job_logger(self.rule, logs[0] if logs else None)
+        if exc is not None and not isinstance(exc, UsherError):
+            if not isinstance(exc, KeyboardInterrupt | SystemExit):
+                self.log.error("rule %s failed", self.rule, exc_info=exc)
+            return  # the exception goes on, traceback and all
+        with user_errors(self.log, f"rule {self.rule}"):
+            if exc is not None:
+                raise exc
+            self.finish()
 
     # -- inputs ----------------------------------------------------------------------------
 
-    def input(self, name: str) -> Path:
-        """The path of the named input."""
+    def _path(self, kind: str, name: str) -> Path:
         try:
-            return Path(self.smk.input[name])
+            return Path(getattr(self.smk, kind)[name])
         except (KeyError, AttributeError, TypeError):
             raise UsherError(
-                f"rule {self.rule} has no input named '{name}': declare it in the rule's input:"
+                f"rule {self.rule} has no {kind} named '{name}': declare it in the rule's {kind}:"
             ) from None
+
+    def input(self, name: str) -> Path:
+        """The path of the named input."""
+        return self._path("input", name)
 
     def output(self, name: str) -> Path:
         """The path of the named output."""
-        try:
-            return Path(self.smk.output[name])
-        except (KeyError, AttributeError, TypeError):
-            raise UsherError(
-                f"rule {self.rule} has no output named '{name}': declare it in the rule's output:"
-            ) from None
+        return self._path("output", name)
 
     def read(self, name: str, columns: Sequence[str] | None = None) -> pl.DataFrame:
         """Read the named input sentinel (Parquet) without touching the database."""
@@ -193,11 +118,7 @@ class Job:
         """Read every sentinel of a list input, keyed by table name (the file stem)."""
         import polars as pl
 
-        value = (
-            self.smk.input[name]
-            if name in _named(self.smk.input) or hasattr(self.smk.input, name)
-            else None
-        )
+        value = named(self.smk.input).get(name)
         if value is None:
             raise UsherError(
                 f"rule {self.rule} has no input named '{name}': declare it in the rule's input:"
@@ -211,13 +132,13 @@ class Job:
 
     def record_step(self, step_name: str, details: Mapping[str, Any] | None = None) -> None:
         """Record a processing step with details; it lands in the step log and the sidecars."""
-        step = {"step_name": step_name, "timestamp": utc_now(), "details": _jsonable(details or {})}
+        step = {"step_name": step_name, "timestamp": utc_now(), "details": jsonable(details or {})}
         self.steps.append(step)
         self.log.info("%s %s", step_name, canonical_json(step["details"]))
 
     def record_data_source(self, name: str, version: Any) -> None:
         """Record the version of a data source read by this job (e.g. an ontology release)."""
-        self.data_sources[name] = _jsonable(version)
+        self.data_sources[name] = jsonable(version)
 
     # -- fetching --------------------------------------------------------------------------
 
@@ -315,24 +236,16 @@ class Job:
         self.outputs.append(entry)
         return entry
 
-    def write_json(self, data: Any, output: str) -> dict[str, Any]:
-        """Write a JSON report atomically and describe it in the step log."""
-        target = self.output(output)
-        write_json_atomic(target, data)
-        entry = steplog.describe_file(output, target, rows=None)
-        self.outputs.append(entry)
-        return entry
-
     # -- the step log ----------------------------------------------------------------------
 
     def steplog_record(self) -> dict[str, Any]:
         """The step log of this job as it stands now."""
         ended = utc_now()
-        inputs = []
-        for name, path in _named_paths(self.smk.input):
-            target = Path(path)
-            if target.exists():
-                inputs.append(steplog.describe_file(name, target, rows=self._rows_read.get(name)))
+        inputs = [
+            steplog.describe_file(name, Path(path), rows=self._rows_read.get(name))
+            for name, path in named_files(self.smk.input)
+            if Path(path).exists()
+        ]
         return {
             "format": steplog.FORMAT,
             "rule": self.rule,
@@ -361,7 +274,7 @@ class Job:
             return self.output(STEPLOG_OUTPUT)
         missing = [
             name
-            for name, path in _named_paths(self.smk.output)
+            for name, path in named_files(self.smk.output)
             if name != STEPLOG_OUTPUT and not Path(path).exists()
         ]
         if missing:
@@ -373,11 +286,7 @@ class Job:
         write_json_atomic(target, self.steplog_record())
         self._finished = True
         self._drop_fetch_batches()
-        self.log.info(
-            "finished in %.2f s; step log %s",
-            time.perf_counter() - self._t0,
-            target,
-        )
+        self.log.info("finished in %.2f s; step log %s", time.perf_counter() - self._t0, target)
         return target
 
     def _drop_fetch_batches(self) -> None:
@@ -395,59 +304,3 @@ class Job:
                 note.parent.rmdir()
             except OSError:
                 pass  # another table's batches or progress are still there
-
-
-def job_logger(name: str, log_path: str | Path | None) -> logging.Logger:
-    """A logger writing to the job's log file (if any) and to stderr; library loggers join it."""
-    logger = logging.getLogger(f"usher_pipeline.job.{name}")
-    logger.setLevel(logging.INFO)
-    logger.propagate = False
-    for handler in list(logger.handlers):
-        logger.removeHandler(handler)
-        handler.close()
-    formatter = logging.Formatter("%(asctime)s %(levelname)s %(message)s")
-    if log_path:
-        Path(log_path).parent.mkdir(parents=True, exist_ok=True)
-        file_handler = logging.FileHandler(log_path, mode="w", encoding="utf-8")
-        file_handler.setFormatter(formatter)
-        logger.addHandler(file_handler)
-    stream = logging.StreamHandler(sys.stderr)
-    stream.setFormatter(formatter)
-    logger.addHandler(stream)
-    for library in ("usher_pipeline.fetch", "usher_pipeline.merge", "usher_pipeline.ingest"):
-        sub = logging.getLogger(library)
-        sub.handlers = list(logger.handlers)
-        sub.setLevel(logging.INFO)
-        sub.propagate = False
-    return logger
-
-
-@contextmanager
-def user_errors(logger: logging.Logger, label: str) -> Iterator[None]:
-    """Turn an expected failure (UsherError) into a one-line exit message, no traceback."""
-    try:
-        yield
-    except UsherError as exc:
-        logger.error("%s", exc)
-        raise SystemExit(f"{label}: {exc}") from None
-
-
-def _named_items(container: Any) -> list[tuple[str, Any]]:
-    if container is None:
-        return []
-    if hasattr(container, "items"):
-        return [(str(k), v) for k, v in container.items()]
-    return []
-
-
-def _named_paths(container: Any) -> list[tuple[str, str]]:
-    """(name, path) of every file in a Snakemake container; unnamed ones get their index."""
-    names: dict[str, str] = {}
-    for name in list(container.keys()) if hasattr(container, "keys") else []:
-        value = container[name]
-        if isinstance(value, list | tuple):
-            for j, sub in enumerate(value):
-                names.setdefault(str(sub), f"{name}[{j}]")
-        else:
-            names.setdefault(str(value), str(name))
-    return [(names.get(str(p), str(i)), str(p)) for i, p in enumerate(container)]
