@@ -35,7 +35,9 @@ log = logging.getLogger("usher_pipeline.ingest")
 FORMAT = "usher_pipeline.ingest/1"
 COMMIT_SECONDS = 1.0  # loads committed together for at most this long
 
-Describer = tuple[Path, dict[str, Any], dict[str, Any]]  # step log path, step log, its entry
+Describer = tuple[
+    Path, dict[str, Any], dict[str, Any]
+]  # step log path, step log, its entry
 
 
 def _describers(steplogs: Sequence[str | Path]) -> dict[str, Describer]:
@@ -99,10 +101,12 @@ def ingest_sentinels(
     total = len(pending)
     report(f"ingest: {total} sentinels into {store.db_path}")
     with store.session():
-        checkpoints = {row["table_name"]: row for row in store.list_checkpoints()}
+        checkpoints: dict[str, Mapping[str, Any]] = {
+            row["table_name"]: row for row in store.list_checkpoints()
+        }
         while pending:
             committed: list[str] = []
-            rows: list[dict[str, Any]] = []
+            rows: list[Mapping[str, Any]] = []
             with store.transaction() as tx:
                 group_ends = time.monotonic() + commit_seconds
                 while pending and (not committed or time.monotonic() < group_ends):
@@ -181,5 +185,8 @@ def ingested_fingerprints(paths: Sequence[str | Path]) -> dict[str, tuple[str, s
                 f"{path} is not a {FORMAT} record: delete it and rerun the workflow to ingest again"
             )
         for entry in data["tables"].values():
-            found[os.path.normpath(entry["sentinel"])] = (entry["sha256"], entry["fingerprint"])
+            found[os.path.normpath(entry["sentinel"])] = (
+                entry["sha256"],
+                entry["fingerprint"],
+            )
     return found
