@@ -55,3 +55,9 @@ def fingerprint_parquet(path: str | Path) -> tuple[str, int]:
 
     with duckdb.connect() as conn:
         return fingerprint_source(conn, parquet_source(path))
+
+
+def short_fingerprint(fingerprint: str | None, missing: str = "") -> str:
+    """The first 8 hex digits of a fingerprint, as messages and listings show it; `missing`
+    stands for no fingerprint."""
+    return (fingerprint or missing).removeprefix(PREFIX)[:8]
