@@ -10,7 +10,7 @@ sentinel that no longer matches its step log cannot be trusted and must be recom
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -21,10 +21,9 @@ from usher_pipeline.export.run import RunRecords, TableOutput, parse_time
 from usher_pipeline.hashing import sha256_file
 from usher_pipeline.persistence.duckdb_store import PROVENANCE, PipelineStore
 from usher_pipeline.persistence.errors import StoreFileError
-from usher_pipeline.persistence.fingerprint import fingerprint_parquet
+from usher_pipeline.persistence.fingerprint import fingerprint_parquet, short_fingerprint
 from usher_pipeline.persistence.provenance import sidecar_path
-
-Progress = Callable[[str], None]
+from usher_pipeline.settings import DEFAULT_LOCK_TIMEOUT_S, RUN_RECORD_NAME
 
 
 @dataclass(frozen=True)
@@ -53,12 +52,23 @@ class Report:
         return not self.problems
 
 
+def snakemake_command(*arguments: str) -> str:
+    """The Snakemake command that messages name to recompute something: targets or options."""
+    return " ".join(["snakemake", "--cores", "2", *arguments])
+
+
+def forcerun_command(rule: str) -> str:
+    """The Snakemake command that reruns the jobs of `rule` (and what depends on them)."""
+    return snakemake_command("--forcerun", rule)
+
+
+def _recompute(table: TableOutput) -> str:
+    """The command that recomputes a table: a forced rerun of the rule that saved it."""
+    return forcerun_command(table.record["rule"])
+
+
 def _short(fingerprint: str | None) -> str:
-    return (fingerprint or "none").removeprefix("fp1:")[:8]
-
-
-def _recompute_hint(table: TableOutput) -> str:
-    return f"snakemake --cores 2 --forcerun {table.record['rule']}"
+    return short_fingerprint(fingerprint, missing="none")
 
 
 def _sentinel_state(table: TableOutput) -> tuple[str | None, str | None]:
@@ -77,7 +87,7 @@ def _sentinel_state(table: TableOutput) -> tuple[str | None, str | None]:
 
 def _open_state(
     db_path: Path, lock_timeout: float
-) -> tuple[PipelineStore | None, list[dict[str, Any]], list[str], str | None]:
+) -> tuple[PipelineStore | None, Sequence[Mapping[str, Any]], list[str], str | None]:
     """(store, checkpoints, tables, error) of a database, without creating it; error (and no
     store) when it is missing or cannot be read."""
     if not db_path.exists():
@@ -92,108 +102,138 @@ def _open_state(
 def verify(
     run: RunRecords,
     db_path: str | Path,
-    lock_timeout: float = 120.0,
-    progress: Progress | None = None,
+    lock_timeout: float = DEFAULT_LOCK_TIMEOUT_S,
+    progress: Callable[[str], None] | None = None,
 ) -> Report:
     """Compare database, sentinels and step logs; one Problem per disagreement.
 
     Read-only: a missing database is reported, never created.
     """
-    say = progress or (lambda _message: None)
-    report = Report(steplogs=len(run.records))
+    report = progress or (lambda _message: None)
+    found = Report(steplogs=len(run.records))
     store, checkpoints, tables, error = _open_state(Path(db_path), lock_timeout)
     if error:
-        report.database_readable = False
-        report.problems.append(
+        found.database_readable = False
+        found.problems.append(
             Problem("DATABASE", f"{error}: `usher-pipeline repair` rebuilds it", None, True)
         )
     by_name = {c["table_name"]: c for c in checkpoints}
     present = set(tables)
     produced = run.tables()
-    report.tables = len(produced)
+    found.tables = len(produced)
     distrusted: set[str] = set()
     table_fps: dict[str, str | None] = {}
     if store is not None:
         with store.transaction(read_only=True):  # one lock and connection for every table
             table_fps = {name: store.fingerprint(name) for name in present if name in produced}
     for n, (name, table) in enumerate(sorted(produced.items()), 1):
-        say(f"verify: table {n}/{len(produced)} {name}")
+        report(f"verify: table {n}/{len(produced)} {name}")
         sentinel_fp, distrust = _sentinel_state(table)
         if sentinel_fp is not None:
-            report.sentinels += 1
+            found.sentinels += 1
         if distrust:
             distrusted.add(os.path.normpath(str(table.sentinel)))
             also = ""
             if name in table_fps and table_fps[name] != sentinel_fp:
                 also = " and from the table"
-            report.problems.append(
-                Problem("CHANGED", f"{distrust}{also}: `{_recompute_hint(table)}`", name)
+            found.problems.append(
+                Problem("CHANGED", f"{distrust}{also}: `{_recompute(table)}`", name)
             )
-        repairable = distrust is None and sentinel_fp is not None
-        fix = "usher-pipeline repair" if repairable else _recompute_hint(table)
-        if store is None:
-            continue
-        if name not in present:
-            report.problems.append(
-                Problem("MISSING", f"table {name} is not in the database: {fix}", name, repairable)
-            )
-            continue
-        if name not in by_name:
-            report.problems.append(
-                Problem("MISSING", f"table {name} has no checkpoint row: {fix}", name, repairable)
-            )
-        if sentinel_fp is None:
-            if name in by_name:
-                report.problems.append(
-                    Problem(
-                        "GONE",
-                        f"checkpoint {name}: its sentinel {table.sentinel} is gone: "
-                        f"`snakemake --cores 2 {table.sentinel}`",
-                        name,
-                    )
-                )
-            continue
-        if distrust:
-            continue
-        table_fp = table_fps.get(name)
-        if table_fp != sentinel_fp:
-            report.problems.append(
-                Problem(
-                    "DIFFERS",
-                    f"table {name} differs from its sentinel {table.sentinel} "
-                    f"({_short(table_fp)} vs {_short(sentinel_fp)}): {fix}",
-                    name,
-                    repairable,
+        if store is not None:
+            found.problems.extend(
+                _table_problems(
+                    table,
+                    sentinel_fp,
+                    distrust,
+                    stored=name in present,
+                    checkpoint=by_name.get(name),
+                    table_fp=table_fps.get(name),
                 )
             )
-        elif name in by_name and by_name[name]["fingerprint"] != table_fp:
-            report.problems.append(
-                Problem(
-                    "DIFFERS",
-                    f"checkpoint {name} records {_short(by_name[name]['fingerprint'])} but the "
-                    f"table is {_short(table_fp)}: {fix}",
-                    name,
-                    repairable,
-                )
-            )
-    for name in sorted(set(by_name) - set(produced)):
-        sentinel = by_name[name].get("sentinel")
-        if sentinel and not Path(sentinel).is_file():
-            report.problems.append(
-                Problem("GONE", f"checkpoint {name}: its sentinel {sentinel} is gone", name)
-            )
+    found.problems.extend(_orphan_checkpoints(by_name, produced))
     for record, path in zip(run.records, run.steplogs, strict=True):
         for entry in record["outputs"]:
-            report.outputs += 1
+            found.outputs += 1
             if os.path.normpath(str(entry["path"])) not in distrusted:
-                report.problems.extend(_check_output(record, path, entry))
-    return report
+                found.problems.extend(_check_output(record, path, entry))
+    return found
+
+
+def _table_problems(
+    table: TableOutput,
+    sentinel_fp: str | None,
+    distrust: str | None,
+    *,
+    stored: bool,
+    checkpoint: Mapping[str, Any] | None,
+    table_fp: str | None,
+) -> list[Problem]:
+    """Where a table's database copy and checkpoint row disagree with its sentinel: the table
+    or its row missing, the sentinel gone, or fingerprints that differ."""
+    name = table.table
+    repairable = distrust is None and sentinel_fp is not None
+    fix = "usher-pipeline repair" if repairable else _recompute(table)
+    if not stored:
+        return [Problem("MISSING", f"table {name} is not in the database: {fix}", name, repairable)]
+    problems = []
+    if checkpoint is None:
+        problems.append(
+            Problem("MISSING", f"table {name} has no checkpoint row: {fix}", name, repairable)
+        )
+    if sentinel_fp is None:
+        if checkpoint is not None:
+            problems.append(
+                Problem(
+                    "GONE",
+                    f"checkpoint {name}: its sentinel {table.sentinel} is gone: "
+                    f"`{snakemake_command(str(table.sentinel))}`",
+                    name,
+                )
+            )
+        return problems
+    if distrust:  # reported as CHANGED: the sentinel is no reference to compare with
+        return problems
+    if table_fp != sentinel_fp:
+        problems.append(
+            Problem(
+                "DIFFERS",
+                f"table {name} differs from its sentinel {table.sentinel} "
+                f"({_short(table_fp)} vs {_short(sentinel_fp)}): {fix}",
+                name,
+                repairable,
+            )
+        )
+    elif checkpoint is not None and checkpoint["fingerprint"] != table_fp:
+        problems.append(
+            Problem(
+                "DIFFERS",
+                f"checkpoint {name} records {_short(checkpoint['fingerprint'])} but the "
+                f"table is {_short(table_fp)}: {fix}",
+                name,
+                repairable,
+            )
+        )
+    return problems
+
+
+def _orphan_checkpoints(
+    checkpoints: Mapping[str, Mapping[str, Any]], produced: dict[str, TableOutput]
+) -> list[Problem]:
+    """Checkpoint rows of tables no step log names, whose recorded sentinel is gone."""
+    problems = []
+    for name in sorted(set(checkpoints) - set(produced)):
+        sentinel = checkpoints[name].get("sentinel")
+        if sentinel and not Path(sentinel).is_file():
+            problems.append(
+                Problem("GONE", f"checkpoint {name}: its sentinel {sentinel} is gone", name)
+            )
+    return problems
 
 
 def _check_output(record: dict[str, Any], steplog: Path, entry: dict[str, Any]) -> list[Problem]:
     """A problem when the file a step log describes is gone or changed since the job."""
     target = Path(entry["path"])
-    hint = f"snakemake --cores 2 --forcerun {record['rule']}"
+    hint = forcerun_command(record["rule"])
     if not target.exists():
         return [Problem("GONE", f"step log {steplog}: output {target} is missing: `{hint}`")]
     if entry.get("sha256") is None:
@@ -233,20 +273,20 @@ def move_aside(db_path: Path) -> Path:
 def repair(
     run: RunRecords,
     db_path: str | Path,
-    lock_timeout: float = 120.0,
-    progress: Progress | None = None,
+    lock_timeout: float = DEFAULT_LOCK_TIMEOUT_S,
+    progress: Callable[[str], None] | None = None,
 ) -> RepairResult:
     """Restore from their sentinels the tables the database lacks or holds differently.
 
     An unreadable database file is moved aside (never deleted) and a new one is built.
     """
-    say = progress or (lambda _message: None)
+    report = progress or (lambda _message: None)
     result = RepairResult()
     db_path = Path(db_path)
     store, checkpoints, tables, error = _open_state(db_path, lock_timeout)
     if error and db_path.exists():
         result.moved_aside = move_aside(db_path)
-        say(f"moved unreadable database {db_path} to {result.moved_aside}")
+        report(f"moved unreadable database {db_path} to {result.moved_aside}")
     if store is None:
         result.created = True
         store = PipelineStore(db_path, lock_timeout)
@@ -254,7 +294,7 @@ def repair(
     present = set(tables)
     produced = run.tables()
     for n, (name, table) in enumerate(sorted(produced.items()), 1):
-        say(f"repair: checking table {n}/{len(produced)} {name}")
+        report(f"repair: checking table {n}/{len(produced)} {name}")
         sentinel_fp, distrust = _sentinel_state(table)
         if name in present and sentinel_fp is not None:
             table_fp = store.fingerprint(name)
@@ -268,12 +308,12 @@ def repair(
         if sentinel_fp is None:
             result.unrepairable.append(
                 f"table {name}: sentinel {table.sentinel} is missing; recompute it with "
-                f"`snakemake --cores 2 {table.sentinel}`"
+                f"`{snakemake_command(str(table.sentinel))}`"
             )
             continue
         if distrust:
             result.unrepairable.append(
-                f"table {name}: {distrust}; recompute it with `{_recompute_hint(table)}`"
+                f"table {name}: {distrust}; recompute it with `{_recompute(table)}`"
             )
             continue
         restored = PipelineStore(
@@ -294,7 +334,7 @@ def repair(
             f"restored table {name} from its sentinel ({restored['row_count']} rows, "
             f"{_short(restored['fingerprint'])})"
         )
-        say(result.restored[-1])
+        report(result.restored[-1])
     if result.created or not _has_provenance(store):
         result.provenance_rows = restore_provenance(run, store)
     return result
@@ -302,19 +342,13 @@ def repair(
 
 def _has_provenance(store: PipelineStore) -> bool:
     """True when the store's `_provenance` table exists and holds rows."""
-    with store.connect(write=False) as conn:
-        exists = conn.sql(
-            "SELECT count(*) FROM duckdb_tables() WHERE table_name = ?", params=[PROVENANCE]
-        ).fetchall()[0][0]
-        return bool(exists) and bool(
-            conn.sql(f"SELECT count(*) FROM {PROVENANCE}").fetchall()[0][0]
-        )
+    return bool(store.row_count(PROVENANCE))
 
 
 def restore_provenance(run: RunRecords, store: PipelineStore) -> int:
     """Re-record the `_provenance` rows from the run record and the sidecars on disk."""
     rows: list[tuple[str, str, dict[str, Any]]] = []
-    record = run.results_dir / "provenance.json"
+    record = run.results_dir / RUN_RECORD_NAME
     paths = [(str(record), record)] if record.is_file() else []
     for step in run.records:
         for entry in step["outputs"]:
