@@ -20,7 +20,8 @@ import duckdb
 import pytest
 import yaml
 
-from usher_pipeline.cli import Progress, format_table, main
+from usher_pipeline.cli import main
+from usher_pipeline.cli_render import Progress, format_table
 from usher_pipeline.persistence import PipelineStore
 from usher_pipeline.persistence.fingerprint import fingerprint_parquet
 

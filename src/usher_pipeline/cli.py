@@ -18,20 +18,18 @@ import csv
 import io
 import json
 import os
-import shutil
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from usher_pipeline import __version__
+from usher_pipeline.cli_render import Progress, clip, format_table, lineage_lines, terminal_width
 from usher_pipeline.errors import UsherError
+from usher_pipeline.settings import DEFAULT_LOCK_TIMEOUT_S
 
 if TYPE_CHECKING:
-    import polars as pl
-
     from usher_pipeline.export.run import RunRecords
     from usher_pipeline.persistence import PipelineStore
 
@@ -41,83 +39,6 @@ QUERY_ROWS = 50
 
 class CommandError(UsherError):
     """A command that cannot do what was asked; the message says why and what to do."""
-
-
-# -- output helpers ------------------------------------------------------------------------
-
-
-def terminal_width() -> int:
-    """Columns of the terminal, 80 when there is none."""
-    return max(40, shutil.get_terminal_size((80, 24)).columns)
-
-
-def _cell(value: object) -> str:
-    if value is None:
-        return ""
-    if isinstance(value, datetime):
-        return value.strftime("%Y-%m-%d %H:%M:%S")
-    if isinstance(value, float):
-        return f"{value:.6g}"
-    return " ".join(str(value).split())
-
-
-def _clip(text: str, width: int) -> str:
-    return text if len(text) <= width else text[: max(0, width - 1)] + "…"
-
-
-def format_table(
-    headers: Sequence[str],
-    rows: Sequence[Sequence[object]],
-    width: int | None = None,
-    right: Sequence[int] = (),
-) -> str:
-    """Rows as aligned columns that fit `width`; the widest columns are clipped first."""
-    limit = width or terminal_width()
-    cells = [[_cell(v) for v in row] for row in rows]
-    widths = [max([len(h), *(len(r[i]) for r in cells)]) for i, h in enumerate(headers)]
-    gap = 2
-    while sum(widths) + gap * (len(widths) - 1) > limit:
-        widest = max(range(len(widths)), key=widths.__getitem__)
-        if widths[widest] <= 6:
-            break
-        widths[widest] -= 1
-
-    def line(values: Sequence[str]) -> str:
-        parts = []
-        for i, value in enumerate(values):
-            text = _clip(value, widths[i])
-            parts.append(text.rjust(widths[i]) if i in right else text.ljust(widths[i]))
-        return (" " * gap).join(parts).rstrip()
-
-    return "\n".join([line(list(headers)), *(line(r) for r in cells)])
-
-
-class Progress:
-    """Progress on stderr: one self-overwriting line on a terminal, nothing otherwise."""
-
-    def __init__(self, stream: Any = None) -> None:
-        self.stream = stream or sys.stderr
-        self.live = bool(getattr(self.stream, "isatty", lambda: False)())
-        self.shown = False
-
-    def __call__(self, message: str) -> None:
-        if self.live:
-            self.stream.write("\r" + _clip(message, terminal_width() - 1) + "\033[K")
-            self.stream.flush()
-            self.shown = True
-
-    def __enter__(self) -> Progress:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.done()
-
-    def done(self) -> None:
-        """Erase the progress line."""
-        if self.shown:
-            self.stream.write("\r\033[K")
-            self.stream.flush()
-            self.shown = False
 
 
 # -- settings ------------------------------------------------------------------------------
@@ -130,7 +51,7 @@ class Settings:
     db: Path
     results: Path
     config: Path | None
-    lock_timeout: float
+    lock_timeout: float = DEFAULT_LOCK_TIMEOUT_S
 
     def store(self) -> PipelineStore:
         """The store (constructing it creates a missing database file: check first)."""
@@ -150,7 +71,7 @@ def resolve_settings(args: argparse.Namespace) -> Settings:
     config_path: Path | None = Path(args.config) if args.config else None
     if config_path is None and (args.db is None or Path(DEFAULT_CONFIG).is_file()):
         config_path = Path(DEFAULT_CONFIG)
-    lock_timeout = 120.0
+    lock_timeout = DEFAULT_LOCK_TIMEOUT_S
     db = Path(args.db) if args.db else None
     results = Path(args.results) if args.results else None
     if config_path is not None:
@@ -176,6 +97,8 @@ def resolve_settings(args: argparse.Namespace) -> Settings:
 
 def cmd_checkpoints(args: argparse.Namespace, settings: Settings) -> int:
     """Print the `_checkpoints` table."""
+    from usher_pipeline.persistence.fingerprint import short_fingerprint
+
     if not settings.db.exists():
         raise CommandError(
             f"database {settings.db} does not exist: run the workflow, or rebuild it from the "
@@ -188,7 +111,7 @@ def cmd_checkpoints(args: argparse.Namespace, settings: Settings) -> int:
             r["table_name"],
             r["row_count"],
             r["created_at"].strftime("%Y-%m-%d %H:%M") if r["created_at"] else "",
-            (r["fingerprint"] or "").removeprefix("fp1:")[:8],
+            short_fingerprint(r["fingerprint"]),
             r["rule"],
         ]
         for r in rows
@@ -209,7 +132,7 @@ def cmd_checkpoints(args: argparse.Namespace, settings: Settings) -> int:
         for line, description in zip(lines[1:], descriptions, strict=True):
             print(line)
             if description:
-                print(_clip(f"    {description}", width))
+                print(clip(f"    {description}", width))
     print(f"{len(rows)} tables in {settings.db}")
     return 0
 
@@ -262,74 +185,28 @@ def cmd_repair(args: argparse.Namespace, settings: Settings) -> int:
     return 1 if result.unrepairable else 0
 
 
-def _lineage_lines(records: list[dict[str, Any]], start: int) -> list[str]:
-    """An indented tree of `start` and, below it, the jobs that made its inputs."""
-    from usher_pipeline.export.run import parse_time
-    from usher_pipeline.workflow.merge import Lineage, step_label
-
-    graph = Lineage(records)
-    lines: list[str] = []
-    seen: set[int] = set()
-
-    def describe(job: int) -> str:
-        record = records[job]
-        ended = parse_time(record.get("ended_at"))
-        when = ended.strftime("%Y-%m-%d %H:%M:%S") if ended else "?"
-        seconds = record.get("duration_seconds")
-        rows = [e.get("rows") for e in record["outputs"] if e.get("table")]
-        text = f"{step_label(record)}  {when}"
-        if seconds is not None:
-            text += f"  {float(seconds):.2f} s"
-        if rows and rows[0] is not None:
-            text += f"  {rows[0]} rows"
-        return text
-
-    def walk(job: int, prefix: str, last: bool, root: bool) -> None:
-        branch = "" if root else ("└── " if last else "├── ")
-        if job in seen:
-            lines.append(f"{prefix}{branch}{step_label(records[job])}  (shown above)")
-            return
-        seen.add(job)
-        lines.append(f"{prefix}{branch}{describe(job)}")
-        below = prefix if root else prefix + ("    " if last else "│   ")
-        parents = graph.parents[job]
-        known = {os.path.normpath(e["path"]) for p in parents for e in records[p]["outputs"]}
-        external = [e for e in records[job]["inputs"] if os.path.normpath(e["path"]) not in known]
-        children: list[tuple[str, Any]] = [("job", p) for p in parents]
-        children += [("file", e) for e in external]
-        for n, (kind, item) in enumerate(children):
-            is_last = n == len(children) - 1
-            if kind == "job":
-                walk(item, below, is_last, False)
-            else:
-                mark = "└── " if is_last else "├── "
-                sha = (item.get("sha256") or "")[:12]
-                lines.append(f"{below}{mark}file {Path(item['path']).name}  sha256 {sha}")
-
-    walk(start, "", True, True)
-    return lines
-
-
 def cmd_lineage(args: argparse.Namespace, settings: Settings | None) -> int:
     """Print the tree of steps that produced OUTPUT, from its provenance sidecar."""
-    from usher_pipeline._io import read_json
-    from usher_pipeline.persistence.provenance import sidecar_path
+    from usher_pipeline.persistence.errors import SidecarError
+    from usher_pipeline.persistence.provenance import ProvenanceTracker, sidecar_path
 
     output = Path(args.output)
-    sidecar = output if output.name.endswith(".provenance.json") else sidecar_path(output)
+    sidecar = sidecar_path(output)
     if not sidecar.is_file():
         raise CommandError(
             f"{output} has no provenance sidecar {sidecar}: give a sentinel or final output of "
             "a finished run (the provenance rule writes the sidecars)"
         )
     try:
-        data = read_json(sidecar)
+        data = ProvenanceTracker.load_sidecar(sidecar)
         records = [s["details"] for s in data["processing_steps"]]
         target = os.path.normpath(data["output"]["path"])
-    except (ValueError, KeyError, TypeError):
+    except (SidecarError, KeyError, TypeError):
+        from usher_pipeline.audit import forcerun_command
+
         raise CommandError(
             f"sidecar {sidecar} is not a provenance sidecar: rerun the provenance rule "
-            "(snakemake --cores 2 --forcerun provenance)"
+            f"({forcerun_command('provenance')})"
         ) from None
     producer = [
         i
@@ -348,38 +225,18 @@ def cmd_lineage(args: argparse.Namespace, settings: Settings | None) -> int:
     print(
         f"config {str(data.get('config_hash') or '')[:16]}  pipeline {data.get('pipeline_version')}"
     )
-    for line in _lineage_lines(records, producer[-1]):
-        print(_clip(line, terminal_width()))
+    for line in lineage_lines(records, producer[-1]):
+        print(clip(line, terminal_width()))
     return 0
-
-
-def _query_frame(settings: Settings, sql: str) -> pl.DataFrame:
-    """Run SQL on a read-only connection under the store's shared lock."""
-    import duckdb
-
-    from usher_pipeline.persistence.duckdb_store import relation_frame
-
-    if not settings.db.exists():
-        raise CommandError(
-            f"database {settings.db} does not exist: run the workflow or pass --db FILE"
-        )
-    store = settings.store()
-    try:
-        with store.connect(write=False) as conn:
-            return relation_frame(conn.sql(sql))
-    except duckdb.Error as exc:
-        first = " ".join(str(exc).split())[:200]
-        if "read-only" in first:
-            raise CommandError(
-                "query is read-only and this statement would change the database: use SELECT, "
-                "DESCRIBE, SHOW or PRAGMA"
-            ) from None
-        raise CommandError(f"query failed ({first}): fix the SQL") from None
 
 
 def cmd_query(args: argparse.Namespace, settings: Settings) -> int:
     """Run read-only SQL and print the result as a table, CSV or JSON."""
-    frame = _query_frame(settings, args.sql)
+    if not settings.db.exists():  # a store would create it
+        raise CommandError(
+            f"database {settings.db} does not exist: run the workflow or pass --db FILE"
+        )
+    frame = settings.store().query(args.sql)
     if args.format == "json":
         json.dump(frame.to_dicts(), sys.stdout, indent=2, default=str)
         sys.stdout.write("\n")
@@ -476,13 +333,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     def add(name: str, func: Callable[..., int], help_text: str) -> argparse.ArgumentParser:
         command = sub.add_parser(name, help=help_text, description=help_text, parents=[common])
-        command.set_defaults(func=func)
+        command.set_defaults(func=func, needs_settings=True)
         return command
 
     add("checkpoints", cmd_checkpoints, "list the stored tables and their checkpoints")
     add("verify", cmd_verify, "check that database, sentinels and step logs agree")
     add("repair", cmd_repair, "restore missing or differing tables from their sentinels")
     lineage = add("lineage", cmd_lineage, "show the steps that produced an output")
+    lineage.set_defaults(needs_settings=False)  # reads only the sidecar it is given
     lineage.add_argument("output", metavar="OUTPUT", help="a sentinel or final output")
     query = add("query", cmd_query, "run read-only SQL against the store")
     query.add_argument("sql", metavar="SQL")
@@ -516,7 +374,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     f"cannot change to directory {args.directory} ({exc.strerror}): pass an "
                     "existing directory to -C"
                 ) from None
-        settings = None if args.command == "lineage" else resolve_settings(args)
+        settings = resolve_settings(args) if args.needs_settings else None
         return int(args.func(args, settings))
     except UsherError as error:
         sys.stdout.flush()
