@@ -21,6 +21,7 @@ from usher_pipeline import __version__
 from usher_pipeline.errors import UsherError
 from usher_pipeline.export.run import RunRecords, parse_time
 from usher_pipeline.hashing import sha256_file
+from usher_pipeline.settings import RUN_RECORD_NAME
 from usher_pipeline.workflow.merge import step_label
 
 PROFILE_VERSION = "0.5"
@@ -67,10 +68,7 @@ def write_rocrate(
     progress: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Write the run as a Workflow Run RO-Crate directory; returns what it holds."""
-    from rocrate.model.contextentity import ContextEntity
-    from rocrate.rocrate import ROCrate
-
-    say = progress or (lambda _message: None)
+    report = progress or (lambda _message: None)
     out = Path(target)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise CrateError(
@@ -84,74 +82,77 @@ def write_rocrate(
             f"workflow file {snakefile} does not exist: pass --snakefile FILE (the Snakefile "
             "that ran)"
         )
-    records = run.records
-    software = run.software()
-    crate = ROCrate(gen_preview=False)
-    crate.metadata.extra_contexts.append(TERMS_CONTEXT)
-    crate.name = f"Run of the usher_pipeline workflow ({len(records)} jobs)"
-    crate.description = (
-        "Workflow Run RO-Crate of an usher_pipeline run: the Snakemake workflow, every job "
-        "with its inputs and outputs, the config and the step logs."
-    )
-    crate.license = "https://spdx.org/licenses/MIT"
+    builder = _CrateBuilder(run, workdir, report)
+    builder.add_profiles()
+    builder.add_workflow(snakefile)
+    builder.add_rules(snakefile.resolve().parent)
+    builder.add_jobs()
+    builder.add_run(config_path)
+    report(f"export-rocrate: writing {out}")
+    builder.crate.write(out)
+    return {
+        "actions": len(run.records) + 1,
+        "files": len(builder.files),
+        "profiles": [str(p.get("name", p.id)) for p in builder.crate.root_dataset["conformsTo"]],
+    }
 
-    profiles = []
-    for name, uri in PROFILES.values():
-        version = uri.rsplit("/", 1)[-1]
-        profiles.append(
-            crate.add(
-                ContextEntity(
-                    crate,
-                    uri,
-                    properties={"@type": "CreativeWork", "name": name, "version": version},
-                )
-            )
+
+class _CrateBuilder:
+    """The crate of one run, built part by part; each part links to those added before it, so
+    the parts are added in the order of the methods (which is also the crate's order)."""
+
+    def __init__(self, run: RunRecords, workdir: Path, report: Callable[[str], None]) -> None:
+        from rocrate.rocrate import ROCrate
+
+        self.run = run
+        self.records = run.records
+        self.workdir = workdir
+        self.report = report
+        self.software = run.software()
+        self.produced = {os.path.normpath(e["path"]) for r in self.records for e in r["outputs"]}
+        self.files: dict[str, Any] = {}  # data entities by normalised path
+        self.tools: dict[str, Any] = {}  # SoftwareApplication of each rule
+        self.steps: dict[str, Any] = {}  # HowToStep of each rule
+        self.external_inputs: list[Any] = []  # inputs no job of the run produced
+        self.workflow: Any = None
+        self.engine: Any = None
+        self.organize: Any = None
+        crate = ROCrate(gen_preview=False)
+        crate.metadata.extra_contexts.append(TERMS_CONTEXT)
+        crate.name = f"Run of the usher_pipeline workflow ({len(self.records)} jobs)"
+        crate.description = (
+            "Workflow Run RO-Crate of an usher_pipeline run: the Snakemake workflow, every job "
+            "with its inputs and outputs, the config and the step logs."
         )
-    crate.root_dataset["conformsTo"] = profiles  # add_workflow appends Workflow RO-Crate
+        crate.license = "https://spdx.org/licenses/MIT"
+        self.crate = crate
 
-    workflow = crate.add_workflow(
-        snakefile,
-        "Snakefile",
-        main=True,
-        lang="snakemake",
-        lang_version=software.get("snakemake"),
-        properties={
-            "@type": ["File", "SoftwareSourceCode", "ComputationalWorkflow", "HowTo"],
-            "name": "usher_pipeline demo workflow",
-            "version": __version__,
-        },
-    )
-    root = snakefile.resolve().parent
-    for rules_file in sorted((root / "rules").glob("*.smk")):
-        part = crate.add_file(
-            rules_file,
-            f"rules/{rules_file.name}",
-            properties={"@type": ["File", "SoftwareSourceCode"], "encodingFormat": "text/x-python"},
-        )
-        workflow.append_to("hasPart", part)
+    def context(self, identifier: str, properties: dict[str, Any]) -> Any:
+        """Add a contextual entity (an entity that is not a file of the crate)."""
+        from rocrate.model.contextentity import ContextEntity
 
-    def parameter(key: str, name: str, kind: str) -> Any:
-        return crate.add(
-            ContextEntity(
-                crate,
-                f"{_fragment('param-' + key)}",
-                properties={
-                    "@type": "FormalParameter",
-                    "additionalType": kind,
-                    "name": name,
-                    "conformsTo": {"@id": FORMAL_PARAMETER_PROFILE},
-                },
-            )
+        return self.crate.add(ContextEntity(self.crate, identifier, properties=properties))
+
+    def parameter(self, key: str, name: str, kind: str) -> Any:
+        """Add a FormalParameter of the workflow (an input or output it declares)."""
+        return self.context(
+            f"{_fragment('param-' + key)}",
+            {
+                "@type": "FormalParameter",
+                "additionalType": kind,
+                "name": name,
+                "conformsTo": {"@id": FORMAL_PARAMETER_PROFILE},
+            },
         )
 
-    files: dict[str, Any] = {}
-
-    def data_entity(entry: dict[str, Any]) -> Any:
+    def data_entity(self, entry: dict[str, Any]) -> Any:
+        """The File entity of a step log entry, added once per path: copied into the crate when
+        it lies under the working directory, else referenced by `file://` URI."""
         path = Path(entry["path"])
         key = os.path.normpath(str(path))
-        if key in files:
-            return files[key]
-        absolute = path if path.is_absolute() else workdir / path
+        if key in self.files:
+            return self.files[key]
+        absolute = path if path.is_absolute() else self.workdir / path
         properties: dict[str, Any] = {"name": path.name}
         if entry.get("sha256"):
             properties["sha256"] = entry["sha256"]
@@ -160,102 +161,129 @@ def write_rocrate(
         if entry.get("description"):
             properties["description"] = entry["description"]
         try:
-            relative = absolute.resolve().relative_to(workdir.resolve())
+            relative = absolute.resolve().relative_to(self.workdir.resolve())
         except ValueError:
             relative = None
         if relative is not None and absolute.is_file():
-            entity = crate.add_file(absolute, relative.as_posix(), properties=properties)
+            entity = self.crate.add_file(absolute, relative.as_posix(), properties=properties)
         else:
             why = "external input" if relative is None else "missing when the crate was written"
             properties["description"] = f"{why}, not copied: {absolute}"
-            entity = crate.add_file(absolute.resolve().as_uri(), properties=properties)
-        files[key] = entity
+            entity = self.crate.add_file(absolute.resolve().as_uri(), properties=properties)
+        self.files[key] = entity
         return entity
 
-    engine = crate.add(
-        ContextEntity(
-            crate,
-            "https://snakemake.github.io",
+    def add_profiles(self) -> None:
+        """The run crate profiles the crate conforms to."""
+        profiles = []
+        for name, uri in PROFILES.values():
+            version = uri.rsplit("/", 1)[-1]
+            profiles.append(
+                self.context(uri, {"@type": "CreativeWork", "name": name, "version": version})
+            )
+        self.crate.root_dataset["conformsTo"] = profiles  # add_workflow appends Workflow RO-Crate
+
+    def add_workflow(self, snakefile: Path) -> None:
+        """The Snakefile as the main workflow, with the rule files as its parts."""
+        self.workflow = self.crate.add_workflow(
+            snakefile,
+            "Snakefile",
+            main=True,
+            lang="snakemake",
+            lang_version=self.software.get("snakemake"),
             properties={
-                "@type": "SoftwareApplication",
-                "name": "Snakemake",
-                "version": software.get("snakemake", ""),
+                "@type": ["File", "SoftwareSourceCode", "ComputationalWorkflow", "HowTo"],
+                "name": "usher_pipeline demo workflow",
+                "version": __version__,
             },
         )
-    )
-    rule_files = _rule_files(root)
-    tools: dict[str, Any] = {}
-    steps: dict[str, Any] = {}
-    for record in records:
-        rule = str(record["rule"])
-        if rule in tools:
-            continue
-        tool = crate.add(
-            ContextEntity(
-                crate,
-                _fragment(f"rule-{rule}"),
+        root = snakefile.resolve().parent
+        for rules_file in sorted((root / "rules").glob("*.smk")):
+            part = self.crate.add_file(
+                rules_file,
+                f"rules/{rules_file.name}",
                 properties={
+                    "@type": ["File", "SoftwareSourceCode"],
+                    "encodingFormat": "text/x-python",
+                },
+            )
+            self.workflow.append_to("hasPart", part)
+
+    def add_rules(self, root: Path) -> None:
+        """Snakemake as the engine, and each rule that ran as a tool and a step of the workflow."""
+        self.engine = self.context(
+            "https://snakemake.github.io",
+            {
+                "@type": "SoftwareApplication",
+                "name": "Snakemake",
+                "version": self.software.get("snakemake", ""),
+            },
+        )
+        rule_files = _rule_files(root)
+        for record in self.records:
+            rule = str(record["rule"])
+            if rule in self.tools:
+                continue
+            tool = self.context(
+                _fragment(f"rule-{rule}"),
+                {
                     "@type": "SoftwareApplication",
                     "name": f"rule {rule}",
                     "description": f"Snakemake rule {rule} ({rule_files.get(rule, 'Snakefile')})",
                 },
             )
-        )
-        step = crate.add(
-            ContextEntity(
-                crate,
+            step = self.context(
                 _fragment(f"step-{rule}"),
-                properties={
+                {
                     "@type": "HowToStep",
                     "name": rule,
-                    "position": len(steps),
+                    "position": len(self.steps),
                     "workExample": tool,
                 },
             )
-        )
-        tools[rule], steps[rule] = tool, step
-        workflow.append_to("hasPart", tool)
-        workflow.append_to("step", step)
+            self.tools[rule], self.steps[rule] = tool, step
+            self.workflow.append_to("hasPart", tool)
+            self.workflow.append_to("step", step)
 
-    organize = crate.add(
-        ContextEntity(
-            crate,
-            "#snakemake-run",
-            properties={"@type": "OrganizeAction", "name": "Run of Snakemake"},
+    def add_jobs(self) -> None:
+        """Snakemake's OrganizeAction and, per job, a CreateAction with its files and step log
+        and the ControlAction that orchestrated it."""
+        self.organize = self.context(
+            "#snakemake-run", {"@type": "OrganizeAction", "name": "Run of Snakemake"}
         )
-    )
-    organize["instrument"] = engine
-    produced = {os.path.normpath(e["path"]) for r in records for e in r["outputs"]}
-    external_inputs: list[Any] = []
-    for n, record in enumerate(records, 1):
-        label = step_label(record)
-        say(f"export-rocrate: job {n}/{len(records)} {label}")
-        inputs = [data_entity(e) for e in record["inputs"]]
-        outputs = [data_entity(e) for e in record["outputs"]]
+        self.organize["instrument"] = self.engine
+        for n, record in enumerate(self.records, 1):
+            label = step_label(record)
+            self.report(f"export-rocrate: job {n}/{len(self.records)} {label}")
+            self.add_job(record, label, self.run.steplogs[n - 1])
+
+    def add_job(self, record: dict[str, Any], label: str, steplog_path: Path) -> None:
+        """One job: its CreateAction, step log and ControlAction."""
+        inputs = [self.data_entity(e) for e in record["inputs"]]
+        outputs = [self.data_entity(e) for e in record["outputs"]]
         for entry, entity in zip(record["inputs"], inputs, strict=True):
-            if os.path.normpath(entry["path"]) not in produced and entity not in external_inputs:
-                external_inputs.append(entity)
-        action = crate.add(
-            ContextEntity(
-                crate,
-                _fragment(f"job-{label}"),
-                properties={
-                    "@type": "CreateAction",
-                    "name": f"Run of {label}",
-                    "startTime": _iso(record.get("started_at")),
-                    "endTime": _iso(record.get("ended_at")),
-                    "actionStatus": "http://schema.org/CompletedActionStatus",
-                },
-            )
+            external = os.path.normpath(entry["path"]) not in self.produced
+            if external and entity not in self.external_inputs:
+                self.external_inputs.append(entity)
+        action = self.context(
+            _fragment(f"job-{label}"),
+            {
+                "@type": "CreateAction",
+                "name": f"Run of {label}",
+                "startTime": _iso(record.get("started_at")),
+                "endTime": _iso(record.get("ended_at")),
+                "actionStatus": "http://schema.org/CompletedActionStatus",
+            },
         )
-        action["instrument"] = tools[str(record["rule"])]
+        action["instrument"] = self.tools[str(record["rule"])]
         action["object"] = inputs
         action["result"] = outputs
-        steplog = crate.add_file(
-            run.steplogs[n - 1],
-            run.steplogs[n - 1].resolve().relative_to(workdir.resolve()).as_posix()
-            if run.steplogs[n - 1].resolve().is_relative_to(workdir.resolve())
-            else f"steplogs/{run.steplogs[n - 1].name}",
+        workdir = self.workdir.resolve()
+        steplog = self.crate.add_file(
+            steplog_path,
+            steplog_path.resolve().relative_to(workdir).as_posix()
+            if steplog_path.resolve().is_relative_to(workdir)
+            else f"steplogs/{steplog_path.name}",
             properties={
                 "name": f"step log of {label}",
                 "encodingFormat": "application/json",
@@ -263,42 +291,40 @@ def write_rocrate(
             },
         )
         action["subjectOf"] = steplog
-        control = crate.add(
-            ContextEntity(
-                crate,
-                _fragment(f"control-{label}"),
-                properties={"@type": "ControlAction", "name": f"orchestrate {label}"},
-            )
+        control = self.context(
+            _fragment(f"control-{label}"),
+            {"@type": "ControlAction", "name": f"orchestrate {label}"},
         )
-        control["instrument"] = steps[str(record["rule"])]
+        control["instrument"] = self.steps[str(record["rule"])]
         control["object"] = action
-        organize.append_to("object", control)
+        self.organize.append_to("object", control)
 
-    run_objects: list[Any] = []
-    workflow_inputs: list[Any] = []
-    if config_path is not None and Path(config_path).is_file():
-        config_param = parameter("config", "config file", "File")
-        config_file = crate.add_file(
-            config_path,
-            f"config/{Path(config_path).name}",
-            properties={
-                "name": Path(config_path).name,
-                "encodingFormat": "application/yaml",
-                "sha256": sha256_file(config_path),
-                "exampleOfWork": config_param,
-            },
-        )
-        workflow_inputs.append(config_param)
-        run_objects.append(config_file)
-    config_hash = run.config_hash()
-    if config_hash:
-        hash_param = parameter("config_hash", "config hash", "Text")
-        run_objects.append(
-            crate.add(
-                ContextEntity(
-                    crate,
+    def add_run(self, config_path: Path | None) -> None:
+        """The run as a CreateAction of the workflow: the config file and hash and the external
+        inputs as its objects, the final outputs as its results; and the run-level record."""
+        run_objects: list[Any] = []
+        workflow_inputs: list[Any] = []
+        if config_path is not None and Path(config_path).is_file():
+            config_param = self.parameter("config", "config file", "File")
+            config_file = self.crate.add_file(
+                config_path,
+                f"config/{Path(config_path).name}",
+                properties={
+                    "name": Path(config_path).name,
+                    "encodingFormat": "application/yaml",
+                    "sha256": sha256_file(config_path),
+                    "exampleOfWork": config_param,
+                },
+            )
+            workflow_inputs.append(config_param)
+            run_objects.append(config_file)
+        config_hash = self.run.config_hash()
+        if config_hash:
+            hash_param = self.parameter("config_hash", "config hash", "Text")
+            run_objects.append(
+                self.context(
                     "#pv-config_hash",
-                    properties={
+                    {
                         "@type": "PropertyValue",
                         "name": "config_hash",
                         "value": config_hash,
@@ -306,29 +332,26 @@ def write_rocrate(
                     },
                 )
             )
-        )
-        workflow_inputs.append(hash_param)
-    run_objects.extend(external_inputs)
-    workflow["input"] = workflow_inputs
-    final = [
-        files[os.path.normpath(e["path"])]
-        for r in records
-        for e in r["outputs"]
-        if Path(e["path"]).parent.name == "final"
-    ]
-    workflow_outputs = []
-    for entity in final:
-        param = parameter(f"output-{entity['name']}", entity["name"], "File")
-        entity["exampleOfWork"] = param
-        workflow_outputs.append(param)
-    workflow["output"] = workflow_outputs
-    starts = [s for s in (_iso(r.get("started_at")) for r in records) if s]
-    ends = [s for s in (_iso(r.get("ended_at")) for r in records) if s]
-    workflow_run = crate.add(
-        ContextEntity(
-            crate,
+            workflow_inputs.append(hash_param)
+        run_objects.extend(self.external_inputs)
+        self.workflow["input"] = workflow_inputs
+        final = [
+            self.files[os.path.normpath(e["path"])]
+            for r in self.records
+            for e in r["outputs"]
+            if Path(e["path"]).parent.name == "final"
+        ]
+        workflow_outputs = []
+        for entity in final:
+            param = self.parameter(f"output-{entity['name']}", entity["name"], "File")
+            entity["exampleOfWork"] = param
+            workflow_outputs.append(param)
+        self.workflow["output"] = workflow_outputs
+        starts = [s for s in (_iso(r.get("started_at")) for r in self.records) if s]
+        ends = [s for s in (_iso(r.get("ended_at")) for r in self.records) if s]
+        workflow_run = self.context(
             "#workflow-run",
-            properties={
+            {
                 "@type": "CreateAction",
                 "name": "Run of the usher_pipeline workflow",
                 "startTime": min(starts) if starts else None,
@@ -336,25 +359,20 @@ def write_rocrate(
                 "actionStatus": "http://schema.org/CompletedActionStatus",
             },
         )
-    )
-    workflow_run["instrument"] = workflow
-    workflow_run["object"] = run_objects
-    workflow_run["result"] = final or [files[k] for k in sorted(files) if k in produced]
-    organize["result"] = workflow_run
-    organize["startTime"] = workflow_run["startTime"]
-    organize["endTime"] = workflow_run["endTime"]
-    crate.root_dataset["mentions"] = [workflow_run]
-    run_file = run.results_dir / "provenance.json"
-    if run_file.is_file() and run_file.resolve().is_relative_to(workdir.resolve()):
-        crate.add_file(
-            run_file,
-            run_file.resolve().relative_to(workdir.resolve()).as_posix(),
-            properties={"name": "run-level provenance record", "about": workflow_run},
-        )
-    say(f"export-rocrate: writing {out}")
-    crate.write(out)
-    return {
-        "actions": len(records) + 1,
-        "files": len(files),
-        "profiles": [str(p.get("name", p.id)) for p in crate.root_dataset["conformsTo"]],
-    }
+        workflow_run["instrument"] = self.workflow
+        workflow_run["object"] = run_objects
+        workflow_run["result"] = final or [
+            self.files[k] for k in sorted(self.files) if k in self.produced
+        ]
+        self.organize["result"] = workflow_run
+        self.organize["startTime"] = workflow_run["startTime"]
+        self.organize["endTime"] = workflow_run["endTime"]
+        self.crate.root_dataset["mentions"] = [workflow_run]
+        run_file = self.run.results_dir / RUN_RECORD_NAME
+        workdir = self.workdir.resolve()
+        if run_file.is_file() and run_file.resolve().is_relative_to(workdir):
+            self.crate.add_file(
+                run_file,
+                run_file.resolve().relative_to(workdir).as_posix(),
+                properties={"name": "run-level provenance record", "about": workflow_run},
+            )
