@@ -57,27 +57,49 @@ def build_prov(
     progress: Callable[[str], None] | None = None,
 ) -> ProvDocument:
     """The PROV document of a run."""
-    from prov.model import PROV, PROV_TYPE, ProvDocument
+    report = progress or (lambda _message: None)
+    builder = _ProvBuilder(_owner(run.steplogs[0]))
+    builder.add_config(config_path, run.config_hash())
+    for n, record in enumerate(run.records, 1):
+        label = step_label(record)
+        report(f"export-prov: job {n}/{len(run.records)} {label}")
+        builder.add_job(record, label)
+    builder.add_delegations()
+    return builder.doc
 
-    say = progress or (lambda _message: None)
-    doc = ProvDocument()
-    usher = doc.add_namespace("usher", USHER_NS)
-    for prefix in ("file", "job", "sw", "host", "user"):
-        doc.add_namespace(prefix, f"{USHER_NS}{prefix}:")
 
-    entities: dict[str, Any] = {}
+class _ProvBuilder:
+    """The PROV document of one run, built job by job; files, software and hosts are added
+    once, the first time a job names them."""
 
-    def entity(entry: dict[str, Any]) -> Any:
+    def __init__(self, user_name: str) -> None:
+        from prov.model import PROV, PROV_TYPE, ProvDocument
+
+        self.doc = ProvDocument()
+        self.usher = self.doc.add_namespace("usher", USHER_NS)
+        for prefix in ("file", "job", "sw", "host", "user"):
+            self.doc.add_namespace(prefix, f"{USHER_NS}{prefix}:")
+        self.entities: dict[str, Any] = {}  # by normalised path
+        self.software: dict[tuple[str, str], Any] = {}  # by (name, version)
+        self.hosts: dict[str, Any] = {}
+        self.config: Any = None
+        self.user = self.doc.agent(
+            f"user:{_local(user_name)}", {PROV_TYPE: PROV["Person"], "prov:label": user_name}
+        )
+
+    def entity(self, entry: dict[str, Any]) -> Any:
+        """The entity of a file a job read or wrote."""
         key = os.path.normpath(str(entry["path"]))
-        if key not in entities:
-            entities[key] = doc.entity(f"file:{_local(key)}", _entity_attributes(entry))
-        return entities[key]
+        if key not in self.entities:
+            self.entities[key] = self.doc.entity(f"file:{_local(key)}", _entity_attributes(entry))
+        return self.entities[key]
 
-    software: dict[tuple[str, str], Any] = {}
+    def software_agent(self, name: str, version: str) -> Any:
+        """The SoftwareAgent of one version of a program."""
+        from prov.model import PROV, PROV_TYPE
 
-    def software_agent(name: str, version: str) -> Any:
-        if (name, version) not in software:
-            software[(name, version)] = doc.agent(
+        if (name, version) not in self.software:
+            self.software[(name, version)] = self.doc.agent(
                 f"sw:{_local(name)}-{_local(version)}",
                 {
                     PROV_TYPE: PROV["SoftwareAgent"],
@@ -85,31 +107,40 @@ def build_prov(
                     "usher:version": version,
                 },
             )
-        return software[(name, version)]
+        return self.software[(name, version)]
 
-    hosts: dict[str, Any] = {}
-    user_name = _owner(run.steplogs[0])
-    user = doc.agent(
-        f"user:{_local(user_name)}", {PROV_TYPE: PROV["Person"], "prov:label": user_name}
-    )
+    def host_agent(self, host_name: str) -> Any:
+        """The agent of a host, acting on behalf of the user."""
+        from prov.model import PROV_TYPE
 
-    config = None
-    config_hash = run.config_hash()
-    if config_path is not None and Path(config_path).is_file():
-        config = doc.entity(
+        if host_name not in self.hosts:
+            self.hosts[host_name] = self.doc.agent(
+                f"host:{_local(host_name)}",
+                {PROV_TYPE: self.usher["Host"], "prov:label": host_name},
+            )
+            self.doc.actedOnBehalfOf(self.hosts[host_name], self.user)
+        return self.hosts[host_name]
+
+    def add_config(self, config_path: Path | None, config_hash: str | None) -> None:
+        """The config file as an entity every job used, when it exists."""
+        from prov.model import PROV_TYPE
+
+        if config_path is None or not Path(config_path).is_file():
+            return
+        self.config = self.doc.entity(
             f"file:{_local(os.path.normpath(str(config_path)))}",
             {
                 "prov:label": Path(config_path).name,
                 "usher:path": str(config_path),
                 "usher:sha256": sha256_file(config_path),
                 "usher:config_hash": config_hash or "",
-                PROV_TYPE: usher["Config"],
+                PROV_TYPE: self.usher["Config"],
             },
         )
 
-    for n, record in enumerate(run.records, 1):
-        label = step_label(record)
-        say(f"export-prov: job {n}/{len(run.records)} {label}")
+    def add_job(self, record: dict[str, Any], label: str) -> None:
+        """A job as an activity: what it used and generated, and who ran it."""
+        doc = self.doc
         attributes: dict[str, Any] = {
             "prov:label": label,
             "usher:rule": record["rule"],
@@ -124,37 +155,29 @@ def build_prov(
         scheduler = record.get("scheduler") or {}
         if scheduler.get("job_id"):
             attributes["usher:scheduler_job"] = f"{scheduler.get('name')}:{scheduler['job_id']}"
-        activity = doc.activity(
-            f"job:{_local(label)}",
-            parse_time(record.get("started_at")),
-            parse_time(record.get("ended_at")),
-            attributes,
-        )
+        started = parse_time(record.get("started_at"))
         ended = parse_time(record.get("ended_at"))
+        activity = doc.activity(f"job:{_local(label)}", started, ended, attributes)
         used = []
         for entry in record["inputs"]:
-            source = entity(entry)
+            source = self.entity(entry)
             used.append(source)
-            doc.used(activity, source, parse_time(record.get("started_at")))
-        if config is not None:
-            doc.used(activity, config)
+            doc.used(activity, source, started)
+        if self.config is not None:
+            doc.used(activity, self.config)
         for entry in record["outputs"]:
-            product = entity(entry)
+            product = self.entity(entry)
             doc.wasGeneratedBy(product, activity, ended)
             for source in used:
                 doc.wasDerivedFrom(product, source, activity)
         for name, version in sorted((record.get("software") or {}).items()):
-            doc.wasAssociatedWith(activity, software_agent(name, str(version)))
-        host_name = str(record.get("host") or "unknown")
-        if host_name not in hosts:
-            hosts[host_name] = doc.agent(
-                f"host:{_local(host_name)}", {PROV_TYPE: usher["Host"], "prov:label": host_name}
-            )
-            doc.actedOnBehalfOf(hosts[host_name], user)
-        doc.wasAssociatedWith(activity, hosts[host_name])
-    for agent in software.values():
-        doc.actedOnBehalfOf(agent, user)
-    return doc
+            doc.wasAssociatedWith(activity, self.software_agent(name, str(version)))
+        doc.wasAssociatedWith(activity, self.host_agent(str(record.get("host") or "unknown")))
+
+    def add_delegations(self) -> None:
+        """Every program acted on behalf of the user."""
+        for agent in self.software.values():
+            self.doc.actedOnBehalfOf(agent, self.user)
 
 
 def prov_counts(doc: ProvDocument) -> dict[str, int]:
