@@ -512,6 +512,52 @@ def test_config_hash_recorded_when_known(tmp_path: Path) -> None:
     assert plain.get_checkpoint("unhashed")["config_hash"] is None
 
 
+def test_ingest_parquet_records_a_config_hash_given_for_one_load(
+    store: PipelineStore, tmp_path: Path
+) -> None:
+    path = tmp_path / "genes.parquet"
+    genes(3).write_parquet(path)
+    hashed = PipelineStore(store.db_path, config_hash="store-hash")
+    row = hashed.ingest_parquet(path, "given", config_hash="load-hash")
+    assert row["config_hash"] == "load-hash"
+    assert hashed.ingest_parquet(path, "default")["config_hash"] == "store-hash"
+    assert hashed.get_checkpoint("given")["config_hash"] == "load-hash"
+    assert hashed.get_checkpoint("default")["config_hash"] == "store-hash"
+    assert hashed.config_hash == "store-hash"
+
+
+def test_internal_tables_have_the_catalogs_columns_and_keys(store: PipelineStore) -> None:
+    from usher_pipeline.persistence.catalog import CHECKPOINT_TYPES, PROVENANCE_TYPES, Checkpoint
+
+    with duckdb.connect(str(store.db_path), read_only=True) as conn:
+        for table, types in (("_checkpoints", CHECKPOINT_TYPES), ("_provenance", PROVENANCE_TYPES)):
+            described = [tuple(r[:2]) for r in conn.sql(f"DESCRIBE {table}").fetchall()]
+            assert described == list(types.items())
+        keys = conn.sql(
+            "SELECT table_name, constraint_column_names FROM duckdb_constraints() "
+            "WHERE constraint_type = 'PRIMARY KEY' ORDER BY table_name"
+        ).fetchall()
+    assert keys == [("_checkpoints", ["table_name"]), ("_provenance", ["run_id", "output_path"])]
+    assert tuple(Checkpoint.__annotations__) == CHECKPOINT_COLUMNS
+    store.save_dataframe(genes(2), "genes")
+    assert tuple(store.get_checkpoint("genes")) == CHECKPOINT_COLUMNS
+
+
+def test_a_database_made_by_the_earlier_checkpoint_ddl_keeps_working(db_path: Path) -> None:
+    db_path.parent.mkdir(parents=True)
+    with duckdb.connect(str(db_path)) as conn:
+        conn.execute(
+            "CREATE TABLE _checkpoints (table_name VARCHAR PRIMARY KEY, created_at TIMESTAMP, "
+            "row_count BIGINT, description VARCHAR, fingerprint VARCHAR, config_hash VARCHAR, "
+            "rule VARCHAR, sentinel VARCHAR, schema_json VARCHAR)"
+        )
+    store = PipelineStore(db_path)
+    store.save_dataframe(genes(2), "genes")
+    store.save_dataframe(genes(3), "genes")
+    assert [(r["table_name"], r["row_count"]) for r in store.list_checkpoints()] == [("genes", 3)]
+    assert store.table_exists("_provenance")
+
+
 def test_created_at_is_utc(store: PipelineStore) -> None:
     before = dt.datetime.now(dt.UTC).replace(tzinfo=None)
     store.save_dataframe(genes(1), "t")

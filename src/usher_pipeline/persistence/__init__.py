@@ -1,6 +1,10 @@
-"""Persistence: the shared DuckDB store, its lock and fingerprints, and provenance records."""
+"""Persistence: the shared DuckDB store, its lock and fingerprints, and provenance records.
 
-from usher_pipeline.persistence.duckdb_store import PipelineStore, validate_table_name
+The public surface is listed here: the store, its checkpoint rows, the table-name rule and
+the errors it raises. `duckdb_store` keeps the seed import path of `PipelineStore`.
+"""
+
+from usher_pipeline.persistence.catalog import Checkpoint
 from usher_pipeline.persistence.errors import (
     DatabaseNotFound,
     InvalidFrame,
@@ -9,6 +13,7 @@ from usher_pipeline.persistence.errors import (
     ReadOnlyQuery,
     SidecarError,
     SidecarNotFound,
+    StoreDiskFull,
     StoreError,
     StoreFileError,
     StoreLockTimeout,
@@ -17,8 +22,11 @@ from usher_pipeline.persistence.errors import (
     UnsupportedFrameType,
 )
 from usher_pipeline.persistence.provenance import ProvenanceTracker, sidecar_path
+from usher_pipeline.persistence.sql import validate_table_name
+from usher_pipeline.persistence.store import PipelineStore
 
 __all__ = [
+    "Checkpoint",
     "DatabaseNotFound",
     "InvalidFrame",
     "InvalidTableName",
@@ -28,6 +36,7 @@ __all__ = [
     "ReadOnlyQuery",
     "SidecarError",
     "SidecarNotFound",
+    "StoreDiskFull",
     "StoreError",
     "StoreFileError",
     "StoreLockTimeout",

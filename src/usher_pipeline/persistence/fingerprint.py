@@ -12,19 +12,10 @@ from pathlib import Path
 from typing import Any
 
 from usher_pipeline.hashing import sha256_json
+from usher_pipeline.persistence.sql import parquet_source
 
 PREFIX = "fp1:"
 _ROW = "__usher_row"
-
-
-def sql_string(value: str) -> str:
-    """A SQL string literal for `value`."""
-    return "'" + value.replace("'", "''") + "'"
-
-
-def parquet_source(path: str | Path) -> str:
-    """The FROM clause that reads one Parquet file."""
-    return f"read_parquet({sql_string(str(path))})"
 
 
 def schema_of(conn: Any, source: str) -> list[list[str]]:
@@ -61,3 +52,14 @@ def short_fingerprint(fingerprint: str | None, missing: str = "") -> str:
     """The first 8 hex digits of a fingerprint, as messages and listings show it; `missing`
     stands for no fingerprint."""
     return (fingerprint or missing).removeprefix(PREFIX)[:8]
+
+
+__all__ = [
+    "PREFIX",
+    "fingerprint_and_schema",
+    "fingerprint_parquet",
+    "fingerprint_source",
+    "parquet_source",  # the FROM clause fingerprints read; defined in sql.py
+    "schema_of",
+    "short_fingerprint",
+]
