@@ -27,6 +27,8 @@ from usher_pipeline.persistence import PipelineStore, ProvenanceTracker
 from usher_pipeline.persistence.errors import (
     InvalidFrame,
     InvalidTableName,
+    QueryFailed,
+    ReadOnlyQuery,
     SidecarError,
     SidecarNotFound,
     StoreFileError,
@@ -148,6 +150,30 @@ def test_frame_the_store_cannot_keep_is_refused(committed, case):
 def test_append_with_other_columns_is_refused(committed):
     with pytest.raises(InvalidFrame):
         committed.store.save_dataframe(pl.DataFrame({"other": [1]}), "genes", replace=False)
+    committed.assert_unchanged()
+
+
+# -- queries ---------------------------------------------------------------------------------
+
+BAD_QUERIES = {
+    "drop": ("DROP TABLE genes", ReadOnlyQuery),
+    "insert": ("INSERT INTO genes VALUES ('X', 0.1)", ReadOnlyQuery),
+    "checkpoint_delete": ("DELETE FROM _checkpoints", ReadOnlyQuery),
+    "after_a_select": ("SELECT 1; DROP TABLE genes", ReadOnlyQuery),
+    "syntax": ("SELEC * FROM genes", QueryFailed),
+    "missing_table": ("SELECT * FROM nope", QueryFailed),
+    "missing_column": ("SELECT nope FROM genes", QueryFailed),
+    "missing_parameter": ("SELECT * FROM genes WHERE score > ?", QueryFailed),
+}
+
+
+@pytest.mark.parametrize("case", BAD_QUERIES.values(), ids=BAD_QUERIES.keys())
+def test_query_that_writes_or_fails_is_refused_in_one_sentence(committed, case):
+    sql, kind = case
+    with pytest.raises(kind) as error:
+        committed.store.query(sql)
+    assert type(error.value) is kind and isinstance(error.value, UsherError)
+    assert "\n" not in str(error.value)
     committed.assert_unchanged()
 
 
