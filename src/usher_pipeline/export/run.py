@@ -13,7 +13,7 @@ from typing import Any
 
 from usher_pipeline._io import read_json
 from usher_pipeline.errors import UsherError
-from usher_pipeline.workflow.merge import Lineage, step_label
+from usher_pipeline.lineage import Lineage, step_label
 from usher_pipeline.workflow.steplog import load_steplog
 
 

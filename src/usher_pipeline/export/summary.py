@@ -14,7 +14,7 @@ from typing import Any
 from usher_pipeline._io import read_json, write_text_atomic
 from usher_pipeline.errors import UsherError
 from usher_pipeline.export.run import parse_time
-from usher_pipeline.workflow.merge import step_label
+from usher_pipeline.lineage import step_label
 
 _STYLE = """
 body { font-family: sans-serif; font-size: 14px; margin: 1em; }

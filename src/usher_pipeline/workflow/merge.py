@@ -1,14 +1,12 @@
 """Merge step logs into provenance sidecars, a run-level record and `_provenance` rows.
 
-Each job's step log names its inputs and outputs by path, so the logs form a graph: an
-output's lineage is the job that wrote it plus, transitively, the jobs that wrote its inputs.
-A sidecar carries the step logs of that whole lineage, upstream first.
+A sidecar carries the step logs of its output's whole lineage (`usher_pipeline.lineage`),
+upstream first.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -16,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from usher_pipeline._io import write_json_atomic
 from usher_pipeline.hashing import sha256_json
+from usher_pipeline.lineage import Lineage, path_key, step_label
 from usher_pipeline.persistence.provenance import sidecar_path, utc_now
 from usher_pipeline.workflow.ingest import ingested_fingerprints
 from usher_pipeline.workflow.steplog import load_steplog
@@ -24,72 +23,6 @@ if TYPE_CHECKING:
     from usher_pipeline.persistence.duckdb_store import PipelineStore
 
 log = logging.getLogger("usher_pipeline.merge")
-
-
-def _key(path: str | Path) -> str:
-    return os.path.normpath(str(path))
-
-
-def step_label(record: Mapping[str, Any]) -> str:
-    """'evidence[layer=hearing]' for a job of rule evidence with that wildcard."""
-    wildcards = record.get("wildcards") or {}
-    if not wildcards:
-        return str(record["rule"])
-    inner = ",".join(f"{k}={v}" for k, v in sorted(wildcards.items()))
-    return f"{record['rule']}[{inner}]"
-
-
-class Lineage:
-    """The graph of jobs described by a set of step logs."""
-
-    def __init__(self, records: Sequence[dict[str, Any]]) -> None:
-        self.records = list(records)
-        self.producer: dict[str, int] = {}
-        for index, record in enumerate(self.records):
-            for entry in record["outputs"]:
-                self.producer[_key(entry["path"])] = index
-        self.parents: list[list[int]] = []
-        for index, record in enumerate(self.records):
-            found = {self.producer.get(_key(e["path"])) for e in record["inputs"]}
-            self.parents.append(sorted(p for p in found if p is not None and p != index))
-        self.order = self._topological_order()
-        self.position = {job: n for n, job in enumerate(self.order)}
-        self._ancestors: dict[int, frozenset[int]] = {}
-
-    def _topological_order(self) -> list[int]:
-        done: set[int] = set()
-        order: list[int] = []
-        for start in sorted(range(len(self.records)), key=lambda i: self.records[i]["ended_at"]):
-            stack: list[tuple[int, int]] = [(start, 0)]
-            while stack:
-                node, child = stack.pop()
-                if node in done and child == 0:
-                    continue
-                parents = self.parents[node]
-                if child < len(parents):
-                    stack.append((node, child + 1))
-                    if parents[child] not in done:
-                        stack.append((parents[child], 0))
-                elif node not in done:
-                    done.add(node)
-                    order.append(node)
-        return order
-
-    def ancestors(self, job: int) -> frozenset[int]:
-        """Every job upstream of `job`, itself included."""
-        # parents come first in the order, so the memo is filled by walking it once, resuming
-        # where the previous call stopped (linear in the number of jobs over all calls)
-        while job not in self._ancestors:
-            node = self.order[len(self._ancestors)]
-            found = {node}
-            for parent in self.parents[node]:
-                found |= self._ancestors[parent]
-            self._ancestors[node] = frozenset(found)
-        return self._ancestors[job]
-
-    def lineage(self, job: int) -> list[int]:
-        """Jobs of `job`'s lineage, upstream first."""
-        return sorted(self.ancestors(job), key=self.position.__getitem__)
 
 
 def processing_step(record: Mapping[str, Any]) -> dict[str, Any]:
@@ -104,7 +37,7 @@ def add_ingested_fingerprints(
     for record in records:
         for entry in record["outputs"]:
             if entry.get("table") and not entry.get("fingerprint"):
-                digest, fingerprint = fingerprints.get(_key(entry["path"]), (None, None))
+                digest, fingerprint = fingerprints.get(path_key(entry["path"]), (None, None))
                 if digest is not None and digest == entry.get("sha256"):
                     entry["fingerprint"] = fingerprint
 
@@ -179,3 +112,12 @@ def merge_provenance(
         f"in {seconds:.2f} s (run {run_id})"
     )
     return {"run_id": run_id, "steplogs": len(records), "sidecars": sidecars, "seconds": seconds}
+
+
+__all__ = [
+    "Lineage",
+    "add_ingested_fingerprints",
+    "merge_provenance",
+    "processing_step",
+    "step_label",
+]
