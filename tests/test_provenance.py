@@ -262,3 +262,154 @@ def test_timestamps_are_iso_8601_utc() -> None:
     after = dt.datetime.now(dt.UTC)
     for stamp in (tracker.created_at, step["timestamp"]):
         assert before <= parse_utc(stamp) <= after
+
+
+# -- trackers built from step logs (the workflow's provenance merge) ------------------------
+
+
+def steplog(rule: str, ended: str, *, reads: str | None = None, **extra: object) -> dict:
+    """A step log of a job of `rule` writing results/<rule>.parquet, reading `reads`'s output."""
+    inputs = [{"name": "table", "path": f"results/{reads}.parquet"}] if reads else []
+    record = {
+        "format": "usher_pipeline.steplog/1",
+        "rule": rule,
+        "wildcards": {},
+        "started_at": ended,
+        "ended_at": ended,
+        "inputs": inputs,
+        "outputs": [{"name": "table", "path": f"results/{rule}.parquet", "rows": 3}],
+    }
+    record.update(extra)
+    return record
+
+
+def test_a_step_log_becomes_a_step_named_by_rule_and_wildcards() -> None:
+    tracker = ProvenanceTracker("0.1.0")
+    record = steplog("evidence", "2026-11-29T20:00:05.000000Z", wildcards={"layer": "retina"})
+    step = tracker.record_steplog(record)
+    assert step == {
+        "step_name": "evidence[layer=retina]",
+        "timestamp": "2026-11-29T20:00:05.000000Z",
+        "details": record,
+    }
+    assert tracker.create_metadata()["processing_steps"] == [step]
+
+
+def test_a_config_hash_without_a_config_is_recorded_and_both_are_refused() -> None:
+    tracker = ProvenanceTracker("0.1.0", config_hash="ab" * 32, created_at="2026-01-02T03:04:05Z")
+    metadata = tracker.create_metadata()
+    assert metadata["config_hash"] == "ab" * 32
+    assert metadata["created_at"] == "2026-01-02T03:04:05Z"
+    with pytest.raises(ValueError, match="a config or a config_hash, not both"):
+        ProvenanceTracker("0.1.0", make_config(), config_hash="ab" * 32)
+
+
+def test_data_sources_added_later_win_and_keep_the_config_versions(
+    tracker: ProvenanceTracker,
+) -> None:
+    tracker.add_data_sources({"hpo": "2024-01-01", "ensembl_release": 114})
+    tracker.add_data_sources({"hpo": "2025-01-16"})
+    versions = tracker.data_source_versions()
+    assert versions["hpo"] == "2025-01-16"
+    assert versions["ensembl_release"] == 114
+    assert versions["gnomad_version"] == "v4.1"
+
+
+def test_sidecar_with_an_output_and_run_record_with_outputs(
+    tracker: ProvenanceTracker, tmp_path: Path
+) -> None:
+    assert "output" not in tracker.create_metadata()
+    assert "outputs" not in tracker.create_metadata()
+    entry = {"path": str(tmp_path / "x.parquet"), "rows": 3, "sha256": "0" * 64}
+    written = tracker.save_sidecar(entry["path"], output=entry)
+    entry["rows"] = 0  # the caller's later change is not in the record
+    sidecar = ProvenanceTracker.load_sidecar(written)
+    assert sidecar["output"] == {"path": str(tmp_path / "x.parquet"), "rows": 3, "sha256": "0" * 64}
+    assert "outputs" not in sidecar
+    run_path = tmp_path / "provenance.json"
+    assert tracker.save_run_record(run_path, [{"name": "table", "path": "a"}]) == run_path
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["provenance.json", "x.provenance.json"]
+    run = json.loads(run_path.read_text())
+    assert run["outputs"] == [{"name": "table", "path": "a"}]
+    assert "output" not in run
+    assert run["run_id"] == sidecar["run_id"] == tracker.run_id
+    assert tracker.rows() == [(entry["path"], sidecar), (str(run_path), run)]
+
+
+def test_save_many_to_store_writes_every_tracker_row_under_its_run(
+    db_path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    store = PipelineStore(db_path)
+    first = ProvenanceTracker("0.1.0", run_id="run-a")
+    second = ProvenanceTracker("0.1.0", run_id="run-a")
+    other = ProvenanceTracker("0.1.0", run_id="run-b")
+    first.save_sidecar("a.parquet", output={"rows": 1})
+    second.record_step("second")
+    second.save_sidecar(tmp_path / "b.parquet")
+    second.save_sidecar("a.parquet", output={"rows": 2})  # a path again: the last one wins
+    other.save_sidecar("a.parquet", output={"rows": 3})
+    assert ProvenanceTracker.save_many_to_store(store, [first, second, other]) == 3
+    rows = {(r[0], r[1]): json.loads(r[4]) for r in provenance_rows(db_path)}
+    b_path = str(tmp_path / "b.parquet")
+    assert set(rows) == {("run-a", "a.parquet"), ("run-a", b_path), ("run-b", "a.parquet")}
+    assert rows[("run-a", "a.parquet")] == second.rows()[1][1]
+    assert rows[("run-a", "a.parquet")]["output"] == {"rows": 2}
+    assert rows[("run-b", "a.parquet")]["output"] == {"rows": 3}
+    assert rows[("run-a", b_path)] == ProvenanceTracker.load_sidecar(tmp_path / "b.parquet")
+    assert ProvenanceTracker.save_many_to_store(store, [ProvenanceTracker("0.1.0")]) == 0
+    assert len(provenance_rows(db_path)) == 3
+
+
+def test_merge_writes_sidecars_run_record_and_rows_through_trackers(
+    db_path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from usher_pipeline.workflow.merge import merge_provenance
+
+    monkeypatch.chdir(tmp_path)
+    records = {
+        "late": steplog("late", "2026-11-29T20:00:09.000000Z", data_sources={"hpo": "old"}),
+        "universe": steplog("universe", "2026-11-29T20:00:01.000000Z", data_sources={"hpo": "new"}),
+        "scores": steplog("scores", "2026-11-29T20:00:02.000000Z", reads="universe"),
+    }
+    paths = []
+    for name, record in records.items():
+        path = tmp_path / "steplogs" / f"{name}.json"
+        path.parent.mkdir(exist_ok=True)
+        path.write_text(json.dumps(record), encoding="utf-8")
+        paths.append(path)
+    summary = merge_provenance(
+        paths,
+        pipeline_version="0.1.0",
+        config_hash="cd" * 32,
+        data_source_versions={"hpo": "config", "ensembl_release": 113},
+        run_record="results/provenance.json",
+        store=PipelineStore(db_path),
+    )
+    scores = ProvenanceTracker.load_sidecar("results/scores.parquet")
+    assert set(scores) == METADATA_KEYS | {"run_id", "output"}
+    assert scores["output"] == {"path": "results/scores.parquet", "rows": 3}  # no "name"
+    assert [s["step_name"] for s in scores["processing_steps"]] == ["universe", "scores"]
+    assert scores["processing_steps"][0]["details"] == records["universe"]
+    assert scores["processing_steps"][0]["timestamp"] == records["universe"]["ended_at"]
+    assert scores["data_source_versions"] == {"hpo": "new", "ensembl_release": 113}
+    assert scores["config_hash"] == "cd" * 32
+    assert scores["run_id"] == summary["run_id"]
+    run = json.loads((tmp_path / "results" / "provenance.json").read_text())
+    assert set(run) == METADATA_KEYS | {"run_id", "outputs"}
+    assert [s["step_name"] for s in run["processing_steps"]] == ["universe", "scores", "late"]
+    # a run's data sources are taken in the order the step logs were given: the last wins
+    assert run["data_source_versions"] == {"hpo": "new", "ensembl_release": 113}
+    assert run["outputs"] == [e for r in records.values() for e in r["outputs"]]
+    assert {run["created_at"]} == {
+        ProvenanceTracker.load_sidecar(f"results/{n}.parquet")["created_at"] for n in records
+    }
+    rows = {r[1]: (r[0], json.loads(r[4])) for r in provenance_rows(db_path)}
+    assert sorted(rows) == [
+        "results/late.parquet",
+        "results/provenance.json",
+        "results/scores.parquet",
+        "results/universe.parquet",
+    ]
+    assert rows["results/scores.parquet"] == (summary["run_id"], scores)
+    assert rows["results/provenance.json"] == (summary["run_id"], run)

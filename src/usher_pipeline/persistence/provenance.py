@@ -1,17 +1,20 @@
 """ProvenanceTracker: what produced an output — versions, config hash and processing steps.
 
 Metadata is written as a JSON sidecar beside each output (`x.parquet` ->
-`x.provenance.json`) and as rows of the store's `_provenance` table.
+`x.provenance.json`), as the run-level record and as rows of the store's `_provenance` table.
+The workflow's provenance merge writes all of these through trackers built from step logs.
 """
 
 from __future__ import annotations
 
 import uuid
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from usher_pipeline._io import read_json, write_json_atomic
+from usher_pipeline.lineage import step_label
 from usher_pipeline.persistence.errors import SidecarError, SidecarNotFound
 
 if TYPE_CHECKING:
@@ -39,7 +42,12 @@ def sidecar_path(output_path: str | Path) -> Path:
 
 
 class ProvenanceTracker:
-    """Collects processing steps of one run and writes them with the run's versions and config."""
+    """Collects processing steps of one run and writes them with the run's versions and config.
+
+    Without a `config`, `config_hash` gives the hash to record (the workflow passes the hash
+    it computed); `created_at` fixes the creation time, so that every record of one merge
+    carries the same one.
+    """
 
     def __init__(
         self,
@@ -47,19 +55,30 @@ class ProvenanceTracker:
         config: PipelineConfig | None = None,
         *,
         run_id: str | None = None,
+        config_hash: str | None = None,
+        created_at: str | None = None,
     ) -> None:
+        if config is not None and config_hash is not None:
+            raise ValueError(
+                "ProvenanceTracker takes a config or a config_hash, not both: drop config_hash "
+                "to record the config's own hash"
+            )
         self.pipeline_version = pipeline_version
         self.config = config
         self.run_id = run_id or uuid.uuid4().hex
-        self.created_at = utc_now()
+        self.created_at = created_at or utc_now()
         self.processing_steps: list[dict[str, Any]] = []
         self.extra_data_sources: dict[str, Any] = {}
+        self._config_hash = config_hash
+        self._written: list[tuple[str, dict[str, Any]]] = []
 
     @classmethod
     def from_config(cls, config: PipelineConfig, version: str | None = None) -> ProvenanceTracker:
         """A tracker for `config`, versioned as the installed package unless `version` is given."""
         if version is None:
-            from usher_pipeline import __version__ as version
+            from usher_pipeline import __version__
+
+            version = __version__
         return cls(version, config)
 
     def record_step(self, step_name: str, details: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -68,22 +87,39 @@ class ProvenanceTracker:
         self.processing_steps.append(step)
         return step
 
+    def record_steplog(self, record: Mapping[str, Any]) -> dict[str, Any]:
+        """Append a job's step log as a step named 'rule[wildcards]', stamped with the time the
+        job ended; the step log itself is its details, kept as given (not copied)."""
+        step = {"step_name": step_label(record), "timestamp": record["ended_at"], "details": record}
+        self.processing_steps.append(step)
+        return step
+
     def add_data_source(self, name: str, version: Any) -> None:
         """Record the version of a data source found at run time (e.g. the HPO release)."""
         self.extra_data_sources[name] = version
 
+    def add_data_sources(self, versions: Mapping[str, Any]) -> None:
+        """Record several data source versions; a name recorded before takes the new version."""
+        self.extra_data_sources.update(versions)
+
     def config_hash(self) -> str | None:
-        """The config hash, or None without a config."""
-        return self.config.config_hash() if self.config is not None else None
+        """The config's hash; without a config, the `config_hash` given (None if none was)."""
+        return self.config.config_hash() if self.config is not None else self._config_hash
 
     def data_source_versions(self) -> dict[str, Any]:
         """Versions from the config plus those recorded at run time."""
         versions = self.config.data_source_versions() if self.config is not None else {}
         return {**versions, **self.extra_data_sources}
 
-    def create_metadata(self) -> dict[str, Any]:
-        """The provenance record: versions, config hash, creation time and steps."""
-        return {
+    def create_metadata(
+        self,
+        *,
+        output: Mapping[str, Any] | None = None,
+        outputs: Sequence[Mapping[str, Any]] | None = None,
+    ) -> dict[str, Any]:
+        """The provenance record: versions, config hash, creation time and steps, plus the
+        `output` it describes (a sidecar's) or the `outputs` of a whole run, when given."""
+        metadata: dict[str, Any] = {
             "pipeline_version": self.pipeline_version,
             "data_source_versions": self.data_source_versions(),
             "config_hash": self.config_hash(),
@@ -91,12 +127,36 @@ class ProvenanceTracker:
             "run_id": self.run_id,
             "processing_steps": [dict(step) for step in self.processing_steps],
         }
+        if output is not None:
+            metadata["output"] = dict(output)
+        if outputs is not None:
+            metadata["outputs"] = [dict(entry) for entry in outputs]
+        return metadata
 
-    def save_sidecar(self, output_path: str | Path) -> Path:
-        """Write the metadata beside `output_path` atomically; returns the sidecar path."""
+    def save_sidecar(
+        self, output_path: str | Path, *, output: Mapping[str, Any] | None = None
+    ) -> Path:
+        """Write the metadata (describing `output`, when given) beside `output_path`
+        atomically; returns the sidecar path."""
         target = sidecar_path(output_path)
-        write_json_atomic(target, self.create_metadata())
+        metadata = self.create_metadata(output=output)
+        write_json_atomic(target, metadata)
+        self._written.append((str(output_path), metadata))
         return target
+
+    def save_run_record(self, path: str | Path, outputs: Sequence[Mapping[str, Any]]) -> Path:
+        """Write the run-level record, the metadata with every output of the run, to `path`
+        itself (not to a sidecar of it) atomically; returns `path`."""
+        target = Path(path)
+        metadata = self.create_metadata(outputs=outputs)
+        write_json_atomic(target, metadata)
+        self._written.append((str(path), metadata))
+        return target
+
+    def rows(self) -> list[tuple[str, dict[str, Any]]]:
+        """(output path, metadata) of every sidecar and run record this tracker wrote, in the
+        order written: the `_provenance` rows that describe them."""
+        return list(self._written)
 
     @staticmethod
     def load_sidecar(path: str | Path) -> dict[str, Any]:
@@ -125,3 +185,12 @@ class ProvenanceTracker:
         store.record_provenance(
             self.run_id, str(output_path) if output_path else "", self.create_metadata()
         )
+
+    @staticmethod
+    def save_many_to_store(store: PipelineStore, trackers: Iterable[ProvenanceTracker]) -> int:
+        """Write the `rows()` of every tracker as `_provenance` rows, one statement per run
+        (a merge writes thousands); returns the rows written."""
+        runs: dict[str, list[tuple[str, dict[str, Any]]]] = {}
+        for tracker in trackers:
+            runs.setdefault(tracker.run_id, []).extend(tracker._written)
+        return sum(store.record_provenance_many(run_id, rows) for run_id, rows in runs.items())

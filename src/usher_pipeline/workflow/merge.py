@@ -1,7 +1,9 @@
 """Merge step logs into provenance sidecars, a run-level record and `_provenance` rows.
 
 A sidecar carries the step logs of its output's whole lineage (`usher_pipeline.lineage`),
-upstream first.
+upstream first. Each job's lineage becomes one `ProvenanceTracker`, which writes the sidecars
+of the job's outputs; a tracker of every job writes the run record; the trackers then write
+their `_provenance` rows in one statement.
 """
 
 from __future__ import annotations
@@ -12,10 +14,9 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from usher_pipeline._io import write_json_atomic
 from usher_pipeline.hashing import sha256_json
 from usher_pipeline.lineage import Lineage, path_key, step_label
-from usher_pipeline.persistence.provenance import sidecar_path, utc_now
+from usher_pipeline.persistence.provenance import ProvenanceTracker, utc_now
 from usher_pipeline.workflow.ingest import ingested_fingerprints
 from usher_pipeline.workflow.steplog import load_steplog
 
@@ -23,11 +24,6 @@ if TYPE_CHECKING:
     from usher_pipeline.persistence.duckdb_store import PipelineStore
 
 log = logging.getLogger("usher_pipeline.merge")
-
-
-def processing_step(record: Mapping[str, Any]) -> dict[str, Any]:
-    """A step log as a ProvenanceTracker-style processing step."""
-    return {"step_name": step_label(record), "timestamp": record["ended_at"], "details": record}
 
 
 def add_ingested_fingerprints(
@@ -68,44 +64,37 @@ def merge_provenance(
     graph = Lineage(records)
     created_at = utc_now()
     run_id = sha256_json([config_hash, sorted(sha256_json(r) for r in records)])[:32]
-    base = {"pipeline_version": pipeline_version, "config_hash": config_hash, "run_id": run_id}
+
+    def tracker() -> ProvenanceTracker:
+        made = ProvenanceTracker(
+            pipeline_version, run_id=run_id, config_hash=config_hash, created_at=created_at
+        )
+        made.add_data_sources(data_source_versions)
+        return made
+
+    trackers: list[ProvenanceTracker] = []
     sidecars: list[str] = []
-    rows: list[tuple[str, dict[str, Any]]] = []
     for job, record in enumerate(records):
-        jobs = graph.lineage(job)
-        sources = dict(data_source_versions)
-        for upstream in jobs:
-            sources.update(records[upstream].get("data_sources") or {})
-        steps = [processing_step(records[j]) for j in jobs]
+        lineage = tracker()
+        for upstream in graph.lineage(job):
+            lineage.record_steplog(records[upstream])
+            lineage.add_data_sources(records[upstream].get("data_sources") or {})
         for entry in record["outputs"]:
-            metadata = {
-                **base,
-                "data_source_versions": sources,
-                "created_at": created_at,
-                "output": {k: v for k, v in entry.items() if k != "name"},
-                "processing_steps": steps,
-            }
-            target = sidecar_path(entry["path"])
-            write_json_atomic(target, metadata)
-            sidecars.append(str(target))
-            rows.append((entry["path"], metadata))
+            output = {k: v for k, v in entry.items() if k != "name"}
+            sidecars.append(str(lineage.save_sidecar(entry["path"], output=output)))
+        trackers.append(lineage)
         if (job + 1) % 1000 == 0:
             report(f"provenance: {job + 1}/{len(records)} step logs merged")
-    all_sources = dict(data_source_versions)
-    for record in records:
-        all_sources.update(record.get("data_sources") or {})
-    run = {
-        **base,
-        "data_source_versions": all_sources,
-        "created_at": created_at,
-        "outputs": [e for r in records for e in r["outputs"]],
-        "processing_steps": [processing_step(records[j]) for j in graph.order],
-    }
     if run_record is not None:
-        write_json_atomic(run_record, run)
-        rows.append((str(run_record), run))
+        run = tracker()
+        for record in records:
+            run.add_data_sources(record.get("data_sources") or {})
+        for job in graph.order:
+            run.record_steplog(records[job])
+        run.save_run_record(run_record, [e for r in records for e in r["outputs"]])
+        trackers.append(run)
     if store is not None:
-        store.record_provenance_many(run_id, rows)
+        ProvenanceTracker.save_many_to_store(store, trackers)
     seconds = time.monotonic() - started
     report(
         f"provenance: merged {len(records)} step logs into {len(sidecars)} sidecars "
@@ -114,10 +103,4 @@ def merge_provenance(
     return {"run_id": run_id, "steplogs": len(records), "sidecars": sidecars, "seconds": seconds}
 
 
-__all__ = [
-    "Lineage",
-    "add_ingested_fingerprints",
-    "merge_provenance",
-    "processing_step",
-    "step_label",
-]
+__all__ = ["Lineage", "add_ingested_fingerprints", "merge_provenance", "step_label"]
