@@ -79,5 +79,17 @@ class Lineage:
         """Jobs of `job`'s lineage, upstream first."""
         return sorted(self.ancestors(job), key=self.position.__getitem__)
 
+    def upstream_first(self) -> Lineage:
+        """The same graph with its records listed in `order` (job n is `order[n]` here), so
+        that its own order is 0, 1, 2...; built from this one, not from the records again."""
+        index = self.position
+        graph = Lineage([])
+        graph.records = [self.records[job] for job in self.order]
+        graph.producer = {path: index[job] for path, job in self.producer.items()}
+        graph.parents = [sorted(index[p] for p in self.parents[job]) for job in self.order]
+        graph.order = list(range(len(self.order)))
+        graph.position = {job: job for job in graph.order}
+        return graph
+
 
 __all__ = ["Lineage", "path_key", "step_label"]

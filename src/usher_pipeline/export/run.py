@@ -6,6 +6,7 @@ commands start from this: the step logs are the run's complete, self-describing 
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -14,6 +15,7 @@ from typing import Any
 from usher_pipeline._io import read_json
 from usher_pipeline.errors import UsherError
 from usher_pipeline.lineage import Lineage, step_label
+from usher_pipeline.settings import RUN_RECORD_NAME
 from usher_pipeline.workflow.steplog import load_steplog
 
 
@@ -42,16 +44,15 @@ class RunRecords:
     lineage: Lineage = field(init=False)
 
     def __post_init__(self) -> None:
-        self.lineage = Lineage(self.records)
-        order = self.lineage.order
-        self.records = [self.records[i] for i in order]
-        self.steplogs = [self.steplogs[i] for i in order]
-        self.lineage = Lineage(self.records)
+        found = Lineage(self.records)
+        self.lineage = found.upstream_first()
+        self.records = self.lineage.records
+        self.steplogs = [self.steplogs[i] for i in found.order]
 
     @property
     def run_record(self) -> dict[str, Any] | None:
         """The merged run-level record `<results>/provenance.json`, when the run wrote it."""
-        path = self.results_dir / "provenance.json"
+        path = self.results_dir / RUN_RECORD_NAME
         return read_json(path) if path.is_file() else None
 
     def tables(self) -> dict[str, TableOutput]:
@@ -75,14 +76,19 @@ class RunRecords:
 
     def software(self) -> dict[str, str]:
         """Versions of the software the jobs ran with (the last job's win on a conflict)."""
-        versions: dict[str, str] = {}
-        for record in self.records:
-            versions.update({k: str(v) for k, v in (record.get("software") or {}).items()})
-        return versions
+        return software_versions(self.records)
 
     def labels(self) -> list[str]:
         """'rule[wildcards]' of every job, in order."""
         return [step_label(r) for r in self.records]
+
+
+def software_versions(records: Iterable[Mapping[str, Any]]) -> dict[str, str]:
+    """The union of the step logs' software versions, as text; a later job's wins on a conflict."""
+    versions: dict[str, str] = {}
+    for record in records:
+        versions.update({k: str(v) for k, v in (record.get("software") or {}).items()})
+    return versions
 
 
 def load_run(results_dir: str | Path) -> RunRecords:

@@ -7,13 +7,14 @@ from the run-level record `<results>/provenance.json` that the provenance rule w
 
 from __future__ import annotations
 
+from collections.abc import Set as AbstractSet
 from html import escape
 from pathlib import Path
 from typing import Any
 
 from usher_pipeline._io import read_json, write_text_atomic
 from usher_pipeline.errors import UsherError
-from usher_pipeline.export.run import parse_time
+from usher_pipeline.export.run import parse_time, software_versions
 from usher_pipeline.lineage import step_label
 
 _STYLE = """
@@ -25,7 +26,9 @@ code { font-size: 12px; }
 """
 
 
-def _table(headers: list[str], rows: list[list[Any]], numeric: set[int] = frozenset()) -> str:
+def _table(
+    headers: list[str], rows: list[list[Any]], numeric: AbstractSet[int] = frozenset()
+) -> str:
     head = "".join(f"<th>{escape(h)}</th>" for h in headers)
     body = []
     for row in rows:
@@ -63,10 +66,7 @@ def summary_rows(run: dict[str, Any]) -> list[list[Any]]:
 
 def render_summary(run: dict[str, Any]) -> str:
     """The provenance summary of a run record as a standalone HTML page."""
-    steps = [s["details"] for s in run.get("processing_steps", [])]
-    software: dict[str, str] = {}
-    for record in steps:
-        software.update({k: str(v) for k, v in (record.get("software") or {}).items()})
+    software = software_versions(s["details"] for s in run.get("processing_steps", []))
     sources = run.get("data_source_versions") or {}
     jobs = summary_rows(run)
     total = sum(float(r[4]) for r in jobs)
