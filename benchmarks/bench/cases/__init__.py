@@ -1,0 +1,19 @@
+"""The benchmark cases, cheap ones first: each takes a `Measure` and returns its rows."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from bench.cases import big_frame, demo_restart, dryrun, import_, lock, merge, small_jobs
+from bench.harness import Measure
+from bench.results import Row
+
+CASES: dict[str, Callable[[Measure], list[Row]]] = {
+    "import": import_.run,
+    "dryrun": dryrun.run,
+    "merge": merge.run,
+    "big_frame": big_frame.run,
+    "demo_restart": demo_restart.run,
+    "small_jobs": small_jobs.run,
+    "lock": lock.run,
+}
