@@ -15,6 +15,7 @@ from test_cli import REPO, make_demo_run, run_snakemake
 from usher_pipeline.cli import main
 from usher_pipeline.export.run import load_run
 from usher_pipeline.export.summary import render_summary
+from usher_pipeline.lineage import Lineage
 
 PROVENANCE_RUN_CRATE = "https://w3id.org/ro/wfrun/provenance/0.5"
 
@@ -159,6 +160,28 @@ def test_rocrate_export_refuses_a_non_empty_directory(in_run, tmp_path, capsys):
     assert main(["export-rocrate", str(tmp_path / "taken")]) == 1
     assert "not an empty directory" in capsys.readouterr().err
     assert (tmp_path / "taken" / "file").read_text() == "keep me"
+
+
+# -- the run's step logs -------------------------------------------------------------------
+
+
+def test_run_records_list_jobs_upstream_first_with_the_graph_of_that_order(demo_run):
+    run = load_run(demo_run / "results")
+    assert sorted(map(str, run.steplogs)) == sorted(
+        str(p) for p in (demo_run / "results" / "steplogs").glob("*.json")
+    )
+    for record, path in zip(run.records, run.steplogs, strict=True):
+        assert json.loads(path.read_text()) == record
+    graph = run.lineage
+    assert graph.records == run.records
+    assert graph.order == list(range(len(run.records)))
+    rebuilt = Lineage(run.records)
+    assert (graph.parents, graph.producer) == (rebuilt.parents, rebuilt.producer)
+    assert all(parent < job for job, parents in enumerate(graph.parents) for parent in parents)
+    universe = run.labels().index("gene_universe")
+    tiers = run.labels().index("candidate_tiers")
+    assert universe in graph.lineage(tiers)
+    assert graph.lineage(tiers) == rebuilt.lineage(tiers)
 
 
 # -- Snakemake report ----------------------------------------------------------------------
