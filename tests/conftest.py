@@ -15,6 +15,16 @@ from usher_pipeline.persistence import PipelineStore, StoreLockTimeout
 from usher_pipeline.persistence.locking import StoreLock
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--fault-seed",
+        type=int,
+        default=None,
+        help="seed of the random kills of tests/test_faults.py, to replay a failure "
+        "(default: $USHER_FAULT_SEED, else a fresh random seed)",
+    )
+
+
 @pytest.fixture
 def db_path(tmp_path: Path) -> Path:
     """Where a test's database lives (the folder does not exist yet)."""

@@ -34,9 +34,28 @@ REPO = Path(__file__).resolve().parents[1]
 # -- the harness -----------------------------------------------------------------------------
 
 
+def fault_seed(config: pytest.Config) -> int:
+    """The seed of the random kills: --fault-seed, else $USHER_FAULT_SEED, else a fresh one."""
+    given = config.getoption("--fault-seed")
+    if given is None:
+        given = os.environ.get("USHER_FAULT_SEED")
+    return int(given) if given is not None else random.SystemRandom().randrange(2**31)
+
+
 @pytest.mark.slow
-def test_demo_run_converges_after_twenty_random_kills_and_every_named_point(tmp_path):
-    seed = int(os.environ.get("USHER_FAULT_SEED", random.SystemRandom().randrange(2**31)))
+def test_demo_run_converges_after_twenty_random_kills_and_every_named_point(tmp_path, request):
+    seed = fault_seed(request.config)
+    replay = f"fault seed {seed}: replay with pytest tests/test_faults.py --fault-seed {seed}"
+    print(replay)
+    try:
+        check_random_kills(tmp_path, seed)
+    except Exception as error:  # every failure names the seed, whichever check it is
+        error.add_note(replay)
+        raise
+
+
+def check_random_kills(tmp_path: Path, seed: int) -> None:
+    """Run the harness with `seed` and check that every kill converged."""
     report = tmp_path / "report.json"
     done = subprocess.run(
         [sys.executable, "-m", "tests.faults.harness", "--kills", "20", "--seed", str(seed)]
@@ -47,7 +66,7 @@ def test_demo_run_converges_after_twenty_random_kills_and_every_named_point(tmp_
         timeout=1500,
     )
     print(done.stdout)
-    assert done.returncode == 0, f"seed {seed}\n{done.stdout[-6000:]}\n{done.stderr[-3000:]}"
+    assert done.returncode == 0, f"{done.stdout[-6000:]}\n{done.stderr[-3000:]}"
     data = json.loads(report.read_text())
     assert f"kill points tried: {data['tried']}, converged: {data['converged']}" in done.stdout
     assert data["converged"] == data["tried"] >= 20 + len(POINTS) + len(EXTERNAL)
