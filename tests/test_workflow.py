@@ -190,6 +190,7 @@ def test_snakefmt_check_is_clean():
             "Snakefile",
             "rules",
             "tests/reuse_workflow",
+            "benchmarks/templates",
         ],
         cwd=REPO,
         capture_output=True,
