@@ -19,6 +19,7 @@ from typing import Any
 from usher_pipeline._io import read_json
 from usher_pipeline.export.run import RunRecords, TableOutput, parse_time
 from usher_pipeline.hashing import sha256_file
+from usher_pipeline.lineage import path_key
 from usher_pipeline.persistence.duckdb_store import PROVENANCE, PipelineStore
 from usher_pipeline.persistence.errors import StoreFileError
 from usher_pipeline.persistence.fingerprint import fingerprint_parquet, short_fingerprint
@@ -132,7 +133,7 @@ def verify(
         if sentinel_fp is not None:
             found.sentinels += 1
         if distrust:
-            distrusted.add(os.path.normpath(str(table.sentinel)))
+            distrusted.add(path_key(table.sentinel))
             also = ""
             if name in table_fps and table_fps[name] != sentinel_fp:
                 also = " and from the table"
@@ -154,7 +155,7 @@ def verify(
     for record, path in zip(run.records, run.steplogs, strict=True):
         for entry in record["outputs"]:
             found.outputs += 1
-            if os.path.normpath(str(entry["path"])) not in distrusted:
+            if path_key(entry["path"]) not in distrusted:
                 found.problems.extend(_check_output(record, path, entry))
     return found
 

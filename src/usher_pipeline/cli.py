@@ -187,6 +187,7 @@ def cmd_repair(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_lineage(args: argparse.Namespace, settings: Settings | None) -> int:
     """Print the tree of steps that produced OUTPUT, from its provenance sidecar."""
+    from usher_pipeline.lineage import path_key
     from usher_pipeline.persistence.errors import SidecarError
     from usher_pipeline.persistence.provenance import ProvenanceTracker, sidecar_path
 
@@ -200,7 +201,7 @@ def cmd_lineage(args: argparse.Namespace, settings: Settings | None) -> int:
     try:
         data = ProvenanceTracker.load_sidecar(sidecar)
         records = [s["details"] for s in data["processing_steps"]]
-        target = os.path.normpath(data["output"]["path"])
+        target = path_key(data["output"]["path"])
     except (SidecarError, KeyError, TypeError):
         from usher_pipeline.audit import forcerun_command
 
@@ -209,9 +210,7 @@ def cmd_lineage(args: argparse.Namespace, settings: Settings | None) -> int:
             f"({forcerun_command('provenance')})"
         ) from None
     producer = [
-        i
-        for i, r in enumerate(records)
-        if any(os.path.normpath(e["path"]) == target for e in r["outputs"])
+        i for i, r in enumerate(records) if any(path_key(e["path"]) == target for e in r["outputs"])
     ]
     if not producer:
         raise CommandError(f"sidecar {sidecar} names no step that wrote {target}")

@@ -6,7 +6,6 @@ Kept apart from the commands so that they say what to show and this module how.
 
 from __future__ import annotations
 
-import os
 import shutil
 import sys
 from collections.abc import Sequence
@@ -98,7 +97,7 @@ def lineage_lines(records: list[dict[str, Any]], start: int) -> list[str]:
     """An indented tree of job `start` and, below it, the jobs that made its inputs; an input
     no job made is a `file` leaf with its SHA-256."""
     from usher_pipeline.export.run import parse_time
-    from usher_pipeline.workflow.merge import Lineage, step_label
+    from usher_pipeline.lineage import Lineage, path_key, step_label
 
     graph = Lineage(records)
     lines: list[str] = []
@@ -126,8 +125,8 @@ def lineage_lines(records: list[dict[str, Any]], start: int) -> list[str]:
         lines.append(f"{prefix}{branch}{describe(job)}")
         below = prefix if root else prefix + ("    " if last else "│   ")
         parents = graph.parents[job]
-        known = {os.path.normpath(e["path"]) for p in parents for e in records[p]["outputs"]}
-        external = [e for e in records[job]["inputs"] if os.path.normpath(e["path"]) not in known]
+        known = {path_key(e["path"]) for p in parents for e in records[p]["outputs"]}
+        external = [e for e in records[job]["inputs"] if path_key(e["path"]) not in known]
         children: list[tuple[str, Any]] = [("job", p) for p in parents]
         children += [("file", e) for e in external]
         for n, (kind, item) in enumerate(children):

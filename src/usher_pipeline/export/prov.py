@@ -10,7 +10,6 @@ its inputs, and every job `wasAssociatedWith` the software and host that ran it.
 from __future__ import annotations
 
 import getpass
-import os
 import pwd
 import re
 from collections.abc import Callable
@@ -19,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from usher_pipeline.export.run import RunRecords, parse_time
 from usher_pipeline.hashing import sha256_file
-from usher_pipeline.workflow.merge import step_label
+from usher_pipeline.lineage import path_key, step_label
 
 if TYPE_CHECKING:
     from prov.model import ProvDocument
@@ -89,7 +88,7 @@ class _ProvBuilder:
 
     def entity(self, entry: dict[str, Any]) -> Any:
         """The entity of a file a job read or wrote."""
-        key = os.path.normpath(str(entry["path"]))
+        key = path_key(entry["path"])
         if key not in self.entities:
             self.entities[key] = self.doc.entity(f"file:{_local(key)}", _entity_attributes(entry))
         return self.entities[key]
@@ -128,7 +127,7 @@ class _ProvBuilder:
         if config_path is None or not Path(config_path).is_file():
             return
         self.config = self.doc.entity(
-            f"file:{_local(os.path.normpath(str(config_path)))}",
+            f"file:{_local(path_key(config_path))}",
             {
                 "prov:label": Path(config_path).name,
                 "usher:path": str(config_path),

