@@ -241,7 +241,7 @@ def test_software_versions_of_packages_not_imported_come_from_their_metadata():
         """
         import json, sys
         from importlib import metadata
-        from usher_pipeline.workflow.steplog import software_versions
+        from usher_pipeline.steplog import software_versions
         found = software_versions()
         assert "duckdb" not in sys.modules
         print(json.dumps([found["duckdb"], metadata.version("duckdb")]))

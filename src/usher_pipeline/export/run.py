@@ -16,7 +16,7 @@ from usher_pipeline._io import read_json
 from usher_pipeline.errors import UsherError
 from usher_pipeline.lineage import Lineage, step_label
 from usher_pipeline.settings import RUN_RECORD_NAME
-from usher_pipeline.workflow.steplog import load_steplog
+from usher_pipeline.steplog import load_steplog
 
 
 class RunRecordError(UsherError):

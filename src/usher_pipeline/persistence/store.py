@@ -11,13 +11,12 @@ holds what the store does with tables, checkpoints and provenance rows.
 from __future__ import annotations
 
 import json
-import os
-import uuid
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, cast, overload
 
+from usher_pipeline._io import remove_stale_temps, temp_path_for
 from usher_pipeline.persistence.catalog import (
     CHECKPOINT_COLUMNS,
     CHECKPOINT_TYPES,
@@ -120,9 +119,8 @@ class PipelineStore(StoreConnection):
         """
         validate_table_name(table_name)
         frame = to_polars(df)
-        staging = self.db_path.with_name(
-            f".{self.db_path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.ingest.parquet"
-        )
+        remove_stale_temps(self.db_path)  # staging files of writers killed mid-save
+        staging = temp_path_for(self.db_path, ".ingest.parquet")
         try:
             write_parquet(frame, staging)
             return self.ingest_parquet(
@@ -398,7 +396,7 @@ class PipelineStore(StoreConnection):
         output_path: str,
         metadata: dict[str, Any],
     ) -> None:
-        """Insert or update one `_provenance` row (used by ProvenanceTracker and the merge)."""
+        """Insert or update one `_provenance` row (`ProvenanceTracker.save_to_store`)."""
         created = metadata.get("created_at")
         with self._write() as conn:
             conn.execute(
@@ -417,8 +415,9 @@ class PipelineStore(StoreConnection):
         self, run_id: str, rows: Sequence[tuple[str, dict[str, Any]]]
     ) -> int:
         """Insert or update the `_provenance` rows of one run, given as (output path, metadata),
-        in one statement: the merge writes thousands, and one INSERT each gets slower as the
-        table grows. A path given twice keeps its last metadata. Returns the rows written."""
+        in one statement (`ProvenanceTracker.save_many_to_store`, which the provenance merge
+        uses): one INSERT per row gets slower as the table grows. A path given twice keeps its
+        last metadata. Returns the rows written."""
         latest = dict(rows)
         if not latest:
             return 0

@@ -1,8 +1,8 @@
 """Script helpers for Snakemake rules: `Job`, the resumable batched fetch, provenance merge."""
 
+from usher_pipeline.steplog import StepLogError, load_steplog
 from usher_pipeline.workflow.fetch import fetch_in_batches, plan_batches
 from usher_pipeline.workflow.job import Job, StoreSettings
-from usher_pipeline.workflow.steplog import StepLogError, load_steplog
 from usher_pipeline.workflow.testing import mock_snakemake, run_script
 
 __all__ = [

@@ -27,17 +27,15 @@ from usher_pipeline.errors import UsherError
 from usher_pipeline.hashing import sha256_file
 from usher_pipeline.persistence.duckdb_store import PipelineStore
 from usher_pipeline.persistence.provenance import utc_now
+from usher_pipeline.steplog import load_steplog
 from usher_pipeline.workflow.faults import fault_point
-from usher_pipeline.workflow.steplog import load_steplog
 
 log = logging.getLogger("usher_pipeline.ingest")
 
 FORMAT = "usher_pipeline.ingest/1"
 COMMIT_SECONDS = 1.0  # loads committed together for at most this long
 
-Describer = tuple[
-    Path, dict[str, Any], dict[str, Any]
-]  # step log path, step log, its entry
+Describer = tuple[Path, dict[str, Any], dict[str, Any]]  # step log path, step log, its entry
 
 
 def _describers(steplogs: Sequence[str | Path]) -> dict[str, Describer]:

@@ -19,13 +19,13 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from usher_pipeline import steplog
 from usher_pipeline._io import atomic_path, remove_stale_temps, temp_path_for, write_json_atomic
 from usher_pipeline.errors import UsherError
 from usher_pipeline.hashing import canonical_json, sha256_json
 from usher_pipeline.persistence.duckdb_store import to_polars, validate_table_name, write_parquet
 from usher_pipeline.persistence.provenance import utc_now
 from usher_pipeline.settings import StoreSettings
-from usher_pipeline.workflow import steplog
 from usher_pipeline.workflow.faults import fault_point
 from usher_pipeline.workflow.fetch import (
     BatchLedger,
@@ -193,7 +193,6 @@ class Job:
             fault_point("after_sentinel_temp_write", table)
             if self.settings.mode == "job":
                 store = self.settings.store()
-                remove_stale_temps(store.db_path)  # staging files of killed store writers
                 with store.transaction() as tx:
                     # fingerprinted from the new table in the same connection: one DuckDB
                     # instance per save instead of two

@@ -17,8 +17,8 @@ from typing import TYPE_CHECKING, Any
 from usher_pipeline.hashing import sha256_json
 from usher_pipeline.lineage import Lineage, path_key, step_label
 from usher_pipeline.persistence.provenance import ProvenanceTracker, utc_now
+from usher_pipeline.steplog import load_steplog
 from usher_pipeline.workflow.ingest import ingested_fingerprints
-from usher_pipeline.workflow.steplog import load_steplog
 
 if TYPE_CHECKING:
     from usher_pipeline.persistence.duckdb_store import PipelineStore
