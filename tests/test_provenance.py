@@ -361,6 +361,19 @@ def test_save_many_to_store_writes_every_tracker_row_under_its_run(
     assert len(provenance_rows(db_path)) == 3
 
 
+def test_recorded_rows_of_several_runs_commit_together_or_not_at_all(db_path: Path) -> None:
+    store = PipelineStore(db_path)
+    rows = [("run-a", "x.parquet", {"n": 1}), ("run-b", "x.parquet", {"n": 2})]
+    assert ProvenanceTracker.record_rows(store, rows) == 2
+    stored = {(r[0], r[1]): json.loads(r[4]) for r in provenance_rows(db_path)}
+    assert stored == {("run-a", "x.parquet"): {"n": 1}, ("run-b", "x.parquet"): {"n": 2}}
+
+    bad = [("run-c", "y.parquet", {"n": 3}), ("run-d", "y.parquet", {1: "a", "b": 2})]
+    with pytest.raises(TypeError):
+        ProvenanceTracker.record_rows(store, bad)  # mixed key types: not sortable JSON
+    assert {(r[0], r[1]) for r in provenance_rows(db_path)} == set(stored)
+
+
 def test_merge_writes_sidecars_run_record_and_rows_through_trackers(
     db_path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

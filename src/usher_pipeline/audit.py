@@ -23,7 +23,7 @@ from usher_pipeline.lineage import path_key
 from usher_pipeline.persistence.duckdb_store import PROVENANCE, PipelineStore
 from usher_pipeline.persistence.errors import StoreFileError
 from usher_pipeline.persistence.fingerprint import fingerprint_parquet, short_fingerprint
-from usher_pipeline.persistence.provenance import sidecar_path
+from usher_pipeline.persistence.provenance import ProvenanceTracker, sidecar_path
 from usher_pipeline.settings import DEFAULT_LOCK_TIMEOUT_S, RUN_RECORD_NAME
 
 
@@ -362,9 +362,7 @@ def restore_provenance(run: RunRecords, store: PipelineStore) -> int:
                 continue
             if isinstance(metadata, dict) and metadata.get("run_id"):
                 rows.append((str(metadata["run_id"]), output_path, metadata))
-    with store.transaction():
-        for run_id, output_path, metadata in rows:
-            store.record_provenance(run_id, output_path, metadata)
+    ProvenanceTracker.record_rows(store, rows)
     return len(rows)
 
 

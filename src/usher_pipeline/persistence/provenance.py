@@ -190,7 +190,19 @@ class ProvenanceTracker:
     def save_many_to_store(store: PipelineStore, trackers: Iterable[ProvenanceTracker]) -> int:
         """Write the `rows()` of every tracker as `_provenance` rows, one statement per run
         (a merge writes thousands); returns the rows written."""
+        rows = ((t.run_id, path, meta) for t in trackers for path, meta in t._written)
+        return ProvenanceTracker.record_rows(store, rows)
+
+    @staticmethod
+    def record_rows(
+        store: PipelineStore, rows: Iterable[tuple[str, str, Mapping[str, Any]]]
+    ) -> int:
+        """Write (run id, output path, metadata) rows as `_provenance` rows, one statement per
+        run: what the merge wrote, or what `repair` reads back from sidecars on disk."""
         runs: dict[str, list[tuple[str, dict[str, Any]]]] = {}
-        for tracker in trackers:
-            runs.setdefault(tracker.run_id, []).extend(tracker._written)
-        return sum(store.record_provenance_many(run_id, rows) for run_id, rows in runs.items())
+        for run_id, output_path, metadata in rows:
+            runs.setdefault(run_id, []).append((output_path, dict(metadata)))
+        with store.transaction():  # all runs' rows or none
+            return sum(
+                store.record_provenance_many(run_id, found) for run_id, found in runs.items()
+            )

@@ -96,11 +96,6 @@ class PipelineStore(StoreConnection):
     def __repr__(self) -> str:
         return f"PipelineStore({str(self.db_path)!r})"
 
-    @staticmethod
-    def _table_exists(conn: duckdb.DuckDBPyConnection, name: str) -> bool:
-        """Kept for callers that still pass their own connection; see `table_exists`."""
-        return table_in(conn, name)
-
     # -- writing ---------------------------------------------------------------------------
 
     def save_dataframe(

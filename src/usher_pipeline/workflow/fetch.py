@@ -90,7 +90,7 @@ class BatchLedger(Protocol):
 
     def committed(self) -> set[str]: ...
 
-    def commit(self, batch_id: str, index: int, n_keys: int, frame: pl.DataFrame) -> None: ...
+    def commit(self, batch_id: str, frame: pl.DataFrame) -> None: ...
 
     def load(self, batch_ids: Sequence[str]) -> pl.DataFrame | None: ...
 
@@ -109,7 +109,7 @@ class FileLedger:
             return set()
         return {p.name.removesuffix(".parquet") for p in self.folder.glob("*.parquet")}
 
-    def commit(self, batch_id: str, index: int, n_keys: int, frame: pl.DataFrame) -> None:
+    def commit(self, batch_id: str, frame: pl.DataFrame) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)
         with atomic_path(self.folder / f"{batch_id}.parquet") as tmp:
             write_parquet(frame, tmp)
@@ -151,7 +151,7 @@ def fetch_in_batches(
     report = progress or log.info
     plan = plan_batches(keys, batch_size, signature)
     done = ledger.committed()
-    todo = [(i, bid, chunk) for i, (bid, chunk) in enumerate(plan) if bid not in done]
+    todo = [(bid, chunk) for bid, chunk in plan if bid not in done]
     resumed = len(plan) - len(todo)
     report(
         f"{label}: {len(plan)} batches of up to {batch_size} keys; {resumed} already committed, "
@@ -161,10 +161,10 @@ def fetch_in_batches(
         on_commit(resumed, len(plan))
     started = time.monotonic()
     last_report = 0.0
-    for n, (index, batch_id, chunk) in enumerate(todo, start=1):
+    for n, (batch_id, chunk) in enumerate(todo, start=1):
         frame = to_polars(fetch(chunk))
         _audit("fetched", label, batch_id)
-        ledger.commit(batch_id, index, len(chunk), frame)
+        ledger.commit(batch_id, frame)
         _audit("committed", label, batch_id)
         if on_commit is not None:
             on_commit(resumed + n, len(plan))
