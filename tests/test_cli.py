@@ -293,6 +293,65 @@ def test_repair_moves_a_corrupt_database_aside_and_rebuilds_it(run_copy, monkeyp
     assert code == 0, out
 
 
+def table_read_errors(db: Path) -> list[str]:
+    """The errors DuckDB itself raises reading each table of `db` in full."""
+    errors = []
+    with duckdb.connect(str(db), read_only=True) as conn:
+        for (name,) in conn.sql("SELECT table_name FROM duckdb_tables()").fetchall():
+            try:
+                conn.sql(f'SELECT * FROM "{name}"').fetchall()
+            except duckdb.Error as exc:
+                errors.append(str(exc))
+    return errors
+
+
+def damage_a_block(db: Path) -> bytes:
+    """Flip 64 bytes in the middle of a real database file (or the nearest block that holds
+    a table's data), so that DuckDB reads the table with a checksum error; the new bytes."""
+    original = db.read_bytes()
+    block = 256 * 1024
+    middle = len(original) // 2
+    for offset in sorted(
+        range(block // 2, len(original) - 64, block), key=lambda o: abs(o - middle)
+    ):
+        data = bytearray(original)
+        data[offset : offset + 64] = bytes(b ^ 0xFF for b in data[offset : offset + 64])
+        db.write_bytes(bytes(data))
+        if any("checksum" in error for error in table_read_errors(db)):
+            return bytes(data)
+    raise AssertionError(f"no block of {db} holds table data")
+
+
+def test_verify_reports_a_damaged_block_in_one_line_naming_repair(run_copy, monkeypatch, capsys):
+    damage_a_block(run_copy / "results" / "pipeline.duckdb")
+    code, out, err = cli(run_copy, "verify", monkeypatch=monkeypatch, capsys=capsys)
+    assert code == 1 and err == ""
+    database = [line for line in out.splitlines() if line.startswith("DATABASE")]
+    assert database == [
+        "DATABASE database results/pipeline.duckdb is damaged (a block of it fails its "
+        "checksum): `usher-pipeline repair` moves it aside and rebuilds it from the sentinels"
+    ]
+    assert out.splitlines()[-1] == "verify: 1 problem, 1 repairable with `usher-pipeline repair`"
+
+
+def test_repair_moves_a_database_with_a_damaged_block_aside_and_rebuilds_it(
+    run_copy, monkeypatch, capsys
+):
+    db = run_copy / "results" / "pipeline.duckdb"
+    damaged = damage_a_block(db)
+    code, out, err = cli(run_copy, "repair", monkeypatch=monkeypatch, capsys=capsys)
+    assert code == 0, out + err
+    kept = list(db.parent.glob("pipeline.duckdb.corrupt-*"))
+    assert len(kept) == 1 and kept[0].read_bytes() == damaged
+    assert f"moved the unreadable database aside to {kept[0].relative_to(run_copy)}" in out
+    store = PipelineStore(db)
+    assert set(store.list_tables()) == TABLES
+    for table in TABLES:
+        assert store.fingerprint(table) == steplog_fingerprint(run_copy, table)
+    code, out, _ = cli(run_copy, "verify", monkeypatch=monkeypatch, capsys=capsys)
+    assert code == 0, out
+
+
 # -- lineage -------------------------------------------------------------------------------
 
 

@@ -10,6 +10,7 @@ sentinel that no longer matches its step log cannot be trusted and must be recom
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -25,6 +26,11 @@ from usher_pipeline.persistence.errors import StoreFileError
 from usher_pipeline.persistence.fingerprint import fingerprint_parquet, short_fingerprint
 from usher_pipeline.persistence.provenance import ProvenanceTracker, sidecar_path
 from usher_pipeline.settings import DEFAULT_LOCK_TIMEOUT_S, RUN_RECORD_NAME
+
+# DuckDB's messages for a file it cannot read: damaged blocks, a truncated or foreign file.
+_DAMAGED_BLOCK = re.compile(r"[Cc]orrupt|checksum")
+_DAMAGED = re.compile(r"[Cc]orrupt|checksum|Could not read enough bytes|not a valid DuckDB")
+_MOVES_ASIDE = "moves it aside and rebuilds it from the sentinels"
 
 
 @dataclass(frozen=True)
@@ -86,18 +92,52 @@ def _sentinel_state(table: TableOutput) -> tuple[str | None, str | None]:
     return fingerprint, None
 
 
-def _open_state(
-    db_path: Path, lock_timeout: float
-) -> tuple[PipelineStore | None, Sequence[Mapping[str, Any]], list[str], str | None]:
-    """(store, checkpoints, tables, error) of a database, without creating it; error (and no
-    store) when it is missing or cannot be read."""
+@dataclass
+class _DatabaseState:
+    """What a database holds, read once: its checkpoints, its tables and their fingerprints;
+    `error` (and no store) when it is missing, cannot be opened or a block of it is damaged."""
+
+    store: PipelineStore | None = None
+    checkpoints: Sequence[Mapping[str, Any]] = ()
+    tables: list[str] = field(default_factory=list)
+    fingerprints: dict[str, str | None] = field(default_factory=dict)
+    provenance_rows: int = 0
+    error: str | None = None
+
+
+def _read_state(db_path: Path, lock_timeout: float) -> _DatabaseState:
+    """Read every table of a database in one read-only transaction, without creating it.
+
+    Each table is scanned (its fingerprint), so a block that fails its checksum anywhere in
+    the data is found here, before anything is compared or restored.
+    """
+    import duckdb
+
     if not db_path.exists():
-        return None, [], [], f"database {db_path} does not exist"
+        return _DatabaseState(error=f"database {db_path} does not exist")
     try:
         store = PipelineStore(db_path, lock_timeout)
-        return store, store.list_checkpoints(), store.list_tables(), None
+        with store.transaction(read_only=True):  # one lock and connection for every table
+            checkpoints = store.list_checkpoints()
+            tables = store.list_tables()
+            fingerprints = {name: store.fingerprint(name) for name in tables}
+            provenance = 0
+            if store.table_exists(PROVENANCE):
+                provenance = store.execute_query(f"SELECT * FROM {PROVENANCE}").height
     except StoreFileError as exc:
-        return None, [], [], str(exc).split(" (", 1)[0] + " (unreadable)"
+        return _DatabaseState(error=_unreadable(db_path, exc))
+    except duckdb.Error as exc:
+        if not _DAMAGED.search(str(exc)):
+            raise
+        return _DatabaseState(error=_unreadable(db_path, exc))
+    return _DatabaseState(store, checkpoints, tables, fingerprints, provenance)
+
+
+def _unreadable(db_path: Path, exc: Exception) -> str:
+    """One line on why the database cannot be used: a damaged block, or why it cannot open."""
+    if _DAMAGED_BLOCK.search(str(exc)):
+        return f"database {db_path} is damaged (a block of it fails its checksum)"
+    return str(exc).split(" (", 1)[0] + " (unreadable)"
 
 
 def verify(
@@ -112,21 +152,20 @@ def verify(
     """
     report = progress or (lambda _message: None)
     found = Report(steplogs=len(run.records))
-    store, checkpoints, tables, error = _open_state(Path(db_path), lock_timeout)
-    if error:
+    state = _read_state(Path(db_path), lock_timeout)
+    store = state.store
+    if state.error:
         found.database_readable = False
+        fix = _MOVES_ASIDE if Path(db_path).exists() else "rebuilds it"
         found.problems.append(
-            Problem("DATABASE", f"{error}: `usher-pipeline repair` rebuilds it", None, True)
+            Problem("DATABASE", f"{state.error}: `usher-pipeline repair` {fix}", None, True)
         )
-    by_name = {c["table_name"]: c for c in checkpoints}
-    present = set(tables)
+    by_name = {c["table_name"]: c for c in state.checkpoints}
+    present = set(state.tables)
     produced = run.tables()
     found.tables = len(produced)
     distrusted: set[str] = set()
-    table_fps: dict[str, str | None] = {}
-    if store is not None:
-        with store.transaction(read_only=True):  # one lock and connection for every table
-            table_fps = {name: store.fingerprint(name) for name in present if name in produced}
+    table_fps = state.fingerprints
     for n, (name, table) in enumerate(sorted(produced.items()), 1):
         report(f"verify: table {n}/{len(produced)} {name}")
         sentinel_fp, distrust = _sentinel_state(table)
@@ -284,21 +323,22 @@ def repair(
     report = progress or (lambda _message: None)
     result = RepairResult()
     db_path = Path(db_path)
-    store, checkpoints, tables, error = _open_state(db_path, lock_timeout)
-    if error and db_path.exists():
+    state = _read_state(db_path, lock_timeout)
+    store = state.store
+    if state.error and db_path.exists():
         result.moved_aside = move_aside(db_path)
         report(f"moved unreadable database {db_path} to {result.moved_aside}")
     if store is None:
         result.created = True
         store = PipelineStore(db_path, lock_timeout)
-    by_name = {c["table_name"]: c for c in checkpoints}
-    present = set(tables)
+    by_name = {c["table_name"]: c for c in state.checkpoints}
+    present = set(state.tables)
     produced = run.tables()
     for n, (name, table) in enumerate(sorted(produced.items()), 1):
         report(f"repair: checking table {n}/{len(produced)} {name}")
         sentinel_fp, distrust = _sentinel_state(table)
         if name in present and sentinel_fp is not None:
-            table_fp = store.fingerprint(name)
+            table_fp = state.fingerprints.get(name)
             checkpoint = by_name.get(name)
             if (
                 table_fp == sentinel_fp
@@ -336,14 +376,9 @@ def repair(
             f"{_short(restored['fingerprint'])})"
         )
         report(result.restored[-1])
-    if result.created or not _has_provenance(store):
+    if result.created or not state.provenance_rows:
         result.provenance_rows = restore_provenance(run, store)
     return result
-
-
-def _has_provenance(store: PipelineStore) -> bool:
-    """True when the store's `_provenance` table exists and holds rows."""
-    return bool(store.row_count(PROVENANCE))
 
 
 def restore_provenance(run: RunRecords, store: PipelineStore) -> int:
