@@ -849,3 +849,104 @@ def test_package_exports_resolve_and_parsing_stays_light():
     )
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "[]"
+
+
+# --- duplicate keys and values that would crash every job ---------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "key", "lines"),
+    [
+        (
+            "duckdb_path: a.duckdb\nversions:\n  ensembl_release: 113\nduckdb_path: b.duckdb\n",
+            "duckdb_path",
+            (1, 4),
+        ),
+        (
+            "versions:\n  ensembl_release: 113\nscoring:\n  gnomad: 0.2\n"
+            "api: {}\nscoring:\n  gnomad: 0.3\n",
+            "scoring",
+            (3, 6),
+        ),
+        (
+            "versions:\n  ensembl_release: 113\nstore:\n  lock_timeout_seconds: 5\n"
+            "  lock_timeout_seconds: 50\n",
+            "lock_timeout_seconds",
+            (4, 5),
+        ),
+    ],
+    ids=["top_level_value", "section", "nested_value"],
+)
+def test_a_key_given_twice_is_an_error_naming_it_and_both_lines(tmp_path, text, key, lines):
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert str(info.value) == (
+        f"config file {path} names the key {key!r} twice (lines {lines[0]} and {lines[1]}): "
+        "keep one of them"
+    )
+    with pytest.raises(ConfigError, match="twice"):
+        load_config_with_overrides(path, {"api.max_retries": 3})
+
+
+def test_a_merge_key_may_bring_a_key_that_the_mapping_sets_again(tmp_path):
+    path = write(
+        tmp_path,
+        "versions:\n  ensembl_release: 113\ndemo:\n  layers:\n"
+        "    hearing: &layer\n      terms: [HP:0000365]\n      weight: 0.5\n"
+        "    retina:\n      <<: *layer\n      weight: 0.5\n",
+    )
+    layers = load_config(path).demo.layers
+    assert layers["retina"].terms == ["HP:0000365"] and layers["retina"].weight == 0.5
+
+
+@pytest.mark.parametrize(
+    ("dotted", "text", "reason"),
+    [
+        ("store.lock_timeout_seconds", ".inf", "finite number"),
+        ("store.lock_timeout_seconds", ".nan", "finite number"),
+        ("store.lock_timeout_seconds", "1e10", "less than or equal to 604800"),
+        ("store.lock_timeout_seconds", "604801", "less than or equal to 604800"),
+        ("demo.fetch.batch_latency_seconds", ".inf", "finite number"),
+        ("demo.fetch.batch_latency_seconds", "3601", "less than or equal to 3600"),
+        ("store.load_memory_mb", "100000000000000000000", "less than or equal to 1048576"),
+        ("store.load_memory_mb", "1048577", "less than or equal to 1048576"),
+    ],
+)
+def test_values_that_would_crash_every_job_are_refused(tmp_path, dotted, text, reason):
+    section, *middle, leaf = dotted.split(".")
+    indent = "  "
+    body = f"{section}:\n" + "".join(
+        f"{indent * (n + 1)}{part}:\n" for n, part in enumerate(middle)
+    )
+    body += f"{indent * (len(middle) + 1)}{leaf}: {text}\n"
+    path = write(tmp_path, "versions:\n  ensembl_release: 113\n" + body)
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    message = str(info.value)
+    assert message.startswith(f"{path} is invalid: {dotted}: ")
+    assert reason in message and "\n" not in message
+
+
+def test_the_largest_accepted_values_work_in_a_store(tmp_path):
+    import polars as pl
+
+    from usher_pipeline.config.schema import MAX_LOAD_MEMORY_MB, MAX_LOCK_TIMEOUT_S
+    from usher_pipeline.persistence import PipelineStore
+
+    path = write(
+        tmp_path,
+        "versions:\n  ensembl_release: 113\n"
+        f"store:\n  lock_timeout_seconds: {MAX_LOCK_TIMEOUT_S}\n"
+        f"  load_memory_mb: {MAX_LOAD_MEMORY_MB}\n"
+        "demo:\n  fetch:\n    batch_latency_seconds: 3600\n",
+    )
+    cfg = load_config(path)
+    store = PipelineStore(
+        tmp_path / "pipeline.duckdb",
+        cfg.store.lock_timeout_seconds,
+        load_memory_mb=cfg.store.load_memory_mb,
+    )
+    with store.transaction():  # a lock wait of a week is a valid deadline
+        store.save_dataframe(pl.DataFrame({"x": [1, 2]}), "numbers")
+    assert store.row_count("numbers") == 2

@@ -25,6 +25,34 @@ class ConfigError(UsherError, ValueError):
     """The config file is missing, not YAML, or does not validate; the message says which."""
 
 
+class _DuplicateKey(yaml.YAMLError):
+    """A mapping of the YAML file names one key twice (YAML would keep the last silently)."""
+
+    def __init__(self, key: object, first: int, second: int) -> None:
+        super().__init__(f"key {key!r} appears twice, on lines {first} and {second}")
+        self.key, self.first, self.second = key, first, second
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, refusing a mapping that names one key twice."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *anchor` may repeat keys
+                continue
+            key = self.construct_object(key_node, deep=True)
+            line = key_node.start_mark.line + 1
+            try:
+                first = seen.get(key)
+            except TypeError:  # an unhashable key: the safe loader reports it below
+                continue
+            if first is not None:
+                raise _DuplicateKey(key, first, line)
+            seen[key] = line
+        return super().construct_mapping(node, deep=deep)
+
+
 def load_config(path: str | Path) -> PipelineConfig:
     """Read and validate a YAML config file."""
     return validate_config_dict(_read_yaml_mapping(path), str(path))
@@ -77,7 +105,12 @@ def _read_yaml_mapping(path: str | Path) -> dict[str, Any]:
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"config file {path} cannot be read: {exc}") from None
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader
+    except _DuplicateKey as exc:
+        raise ConfigError(
+            f"config file {path} names the key {exc.key!r} twice (lines {exc.first} and "
+            f"{exc.second}): keep one of them"
+        ) from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"config file {path} is not valid YAML: {_yaml_problem(exc)}") from None
     if data is None:

@@ -37,6 +37,12 @@ _SUM_TOLERANCE = 1e-6
 MAX_LAYER_NAME_LENGTH = 41
 HPO_TERM_PATTERN = r"^HP:\d{7}$"
 
+#: Upper bounds of the store and fetch settings: finite values that every job can use (an
+#: infinite or huge lock wait overflows the timers, a huge memory limit fails DuckDB's parser).
+MAX_LOCK_TIMEOUT_S = 7 * 24 * 3600.0
+MAX_LOAD_MEMORY_MB = 1024 * 1024
+MAX_BATCH_LATENCY_S = 3600.0
+
 HpoTerm = Annotated[str, StringConstraints(pattern=HPO_TERM_PATTERN)]
 
 
@@ -111,7 +117,9 @@ class StoreConfig(BaseModel):
     lock_timeout_seconds: float = Field(
         default=DEFAULT_LOCK_TIMEOUT_S,
         gt=0,
-        description="How long a job waits for the database lock.",
+        le=MAX_LOCK_TIMEOUT_S,
+        allow_inf_nan=False,
+        description="How long a job waits for the database lock (at most a week).",
     )
     database_mode: DatabaseMode = Field(
         default=DEFAULT_DATABASE_MODE,
@@ -124,6 +132,7 @@ class StoreConfig(BaseModel):
     load_memory_mb: int = Field(
         default=LOAD_MEMORY_MB,
         ge=16,
+        le=MAX_LOAD_MEMORY_MB,
         description=(
             "DuckDB's memory limit (MB) while a job loads a table into the database (until its "
             "connection closes): a save then needs about its frame's size plus 500 MB, whatever "
@@ -139,7 +148,11 @@ class FetchConfig(BaseModel):
 
     batch_size: int = Field(default=250, ge=1, description="Genes per fetch batch.")
     batch_latency_seconds: float = Field(
-        default=0.05, ge=0, description="Sleep per batch, standing in for an API's latency."
+        default=0.05,
+        ge=0,
+        le=MAX_BATCH_LATENCY_S,
+        allow_inf_nan=False,
+        description="Sleep per batch, standing in for an API's latency (at most an hour).",
     )
 
 
