@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import subprocess
 import zipfile
 from pathlib import Path
 
@@ -160,6 +161,91 @@ def test_rocrate_export_refuses_a_non_empty_directory(in_run, tmp_path, capsys):
     assert main(["export-rocrate", str(tmp_path / "taken")]) == 1
     assert "not an empty directory" in capsys.readouterr().err
     assert (tmp_path / "taken" / "file").read_text() == "keep me"
+
+
+# -- exports to places that cannot take them -----------------------------------------------
+
+
+@pytest.fixture
+def read_only_folder(tmp_path: Path):
+    """An empty folder bind-mounted read-only over itself (root only: root ignores modes)."""
+    folder = tmp_path / "read-only"
+    folder.mkdir()
+    steps = [
+        ["mount", "--bind", str(folder), str(folder)],
+        ["mount", "-o", "remount,bind,ro", str(folder)],
+    ]
+    for step in steps:
+        done = subprocess.run(step, capture_output=True, text=True)
+        if done.returncode != 0:
+            pytest.fail(f"cannot make {folder} read-only ({done.stderr.strip()}): run as root")
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", str(folder)], check=True)
+
+
+SNAKEFILE = {"export-prov": [], "export-rocrate": ["--snakefile", str(REPO / "Snakefile")]}
+
+
+def one_line_error(capsys: pytest.CaptureFixture[str]) -> str:
+    err = capsys.readouterr().err
+    assert err.startswith("usher-pipeline: error: ") and err.count("\n") == 1, err
+    return err
+
+
+@pytest.mark.parametrize("command", ["export-prov", "export-rocrate"])
+def test_export_into_a_read_only_folder_is_one_line_and_writes_nothing(
+    in_run, read_only_folder, capsys, command
+):
+    target = read_only_folder / ("run.prov.json" if command == "export-prov" else "crate")
+    assert main([command, str(target), *SNAKEFILE[command]]) == 1
+    err = one_line_error(capsys)
+    assert str(target) in err and f"make {read_only_folder} writable" in err
+    assert list(read_only_folder.iterdir()) == []
+
+
+def test_prov_export_onto_a_directory_is_one_line_and_changes_nothing(in_run, tmp_path, capsys):
+    (tmp_path / "taken").mkdir()
+    (tmp_path / "taken" / "file").write_text("keep me")
+    assert main(["export-prov", str(tmp_path / "taken")]) == 1
+    err = one_line_error(capsys)
+    assert f"{tmp_path / 'taken'} is a directory" in err
+    assert [p.name for p in (tmp_path / "taken").iterdir()] == ["file"]
+    assert (tmp_path / "taken" / "file").read_text() == "keep me"
+
+
+def test_rocrate_export_onto_a_file_is_one_line_and_keeps_the_file(in_run, tmp_path, capsys):
+    (tmp_path / "taken").write_text("keep me")
+    assert main(["export-rocrate", str(tmp_path / "taken"), *SNAKEFILE["export-rocrate"]]) == 1
+    assert f"{tmp_path / 'taken'} is a file" in one_line_error(capsys)
+    assert (tmp_path / "taken").read_text() == "keep me"
+
+
+def test_rocrate_export_fills_an_existing_empty_directory(in_run, tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    assert main(["export-rocrate", str(tmp_path / "empty"), *SNAKEFILE["export-rocrate"]]) == 0
+    assert (tmp_path / "empty" / "ro-crate-metadata.json").is_file()
+    assert [p.name for p in tmp_path.iterdir()] == ["empty"]  # no staging folder left
+
+
+def test_rocrate_export_that_fills_the_disk_leaves_no_half_written_crate(in_run, tmp_path, capsys):
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(disk)],
+        capture_output=True,
+        text=True,
+    )
+    if done.returncode != 0:
+        pytest.fail(f"cannot mount a tmpfs at {disk} ({done.stderr.strip()}): run as root")
+    try:
+        assert main(["export-rocrate", str(disk / "crate"), *SNAKEFILE["export-rocrate"]]) == 1
+        err = one_line_error(capsys)
+        assert "No space left on device" in err and str(disk / "crate") in err
+        assert list(disk.iterdir()) == []
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], check=True)
 
 
 # -- the run's step logs -------------------------------------------------------------------

