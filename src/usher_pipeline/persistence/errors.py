@@ -65,3 +65,7 @@ class SidecarError(UsherError, ValueError):
 
 class SidecarNotFound(SidecarError, FileNotFoundError):
     """A provenance sidecar that does not exist (yet)."""
+
+
+class TransactionAborted(StoreError):
+    """A statement failed while it ran inside `transaction()`; DuckDB cannot go on with it."""
