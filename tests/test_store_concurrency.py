@@ -363,8 +363,8 @@ def test_writer_reports_a_notebook_that_holds_on_too_long(
     # that first open since the notebook let go, a reader's, dropped the note
     message, other = lock_wait_error(db_path, "named")
     assert f"PID {other} " in message and "waiting for" not in message
-    message, _ = lock_wait_error(db_path, "unnamed")
-    assert "is locked by another process" in message
+    message, other = lock_wait_error(db_path, "unnamed")  # named from the kernel's lock table
+    assert f"is locked by PID {other} (python" in message and "waiting for" not in message
     assert not store.has_checkpoint("after")
     store.save_dataframe(pl.DataFrame({"a": [1, 2]}), "after")
     assert store.get_checkpoint("after")["row_count"] == 2
@@ -403,3 +403,34 @@ def test_writer_reports_another_store_transaction_that_holds_on_too_long(
     assert not store.has_checkpoint("held_table")
     store.save_dataframe(pl.DataFrame({"a": [1]}), "mine")
     assert [c["table_name"] for c in store.list_checkpoints()] == ["mine"]
+
+
+# -- a reader holding the lock file ----------------------------------------------------------
+
+# Holds the store's lock file shared, through a read-only transaction.
+HOLD_READ_TRANSACTION = """
+import pathlib, sys, time
+from usher_pipeline.persistence import PipelineStore
+store = PipelineStore(sys.argv[1], lock_timeout=60)
+with store.transaction(read_only=True):
+    store.list_tables()
+    print("ready", flush=True)
+    time.sleep(float(sys.argv[2]))
+    pathlib.Path(sys.argv[3]).touch()
+"""
+
+
+def test_writer_blocked_by_a_reader_names_the_readers_pid(
+    db_path: Path, tmp_path: Path, holders: list[Holder]
+) -> None:
+    PipelineStore(db_path).save_dataframe(pl.DataFrame({"a": [1]}), "before")
+    reader = start_holder(holders, HOLD_READ_TRANSACTION, db_path, 300, tmp_path)
+    store = PipelineStore(db_path, lock_timeout=0.5)
+    with pytest.raises(StoreLockTimeout) as info:
+        store.save_dataframe(pl.DataFrame({"a": [1, 2]}), "after")
+    assert_lock_timeout_message(str(info.value), db_path, reader.pid)
+    assert f"PID {reader.pid} (python" in str(info.value)
+    assert store.load_dataframe("before").height == 1  # readers do not block readers
+    reader.kill()
+    store.save_dataframe(pl.DataFrame({"a": [1, 2]}), "after")
+    assert store.get_checkpoint("after")["row_count"] == 2

@@ -13,6 +13,9 @@ The lock file reads
 The second line outlives its writer: a holder that gives up leaves it, the next holder carries
 it over, and it goes only when an open of the DuckDB file succeeds. So whenever the lock
 changes hands, a waiter that gives up still names the process to close.
+
+A reader holds the lock shared and writes nothing; a writer that gives up waiting for readers
+names them from the kernel's table of file locks (/proc/locks).
 """
 
 from __future__ import annotations
@@ -87,6 +90,51 @@ def describe_holder(lock_path: Path) -> str:
     return who
 
 
+def _command_of(pid: int) -> str:
+    """The script (or else the program) process `pid` runs, as the holder line names it."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as handle:
+            argv = handle.read().decode("utf-8", errors="replace").split("\0")
+    except OSError:
+        return "unknown"
+    script = argv[1] if len(argv) > 1 and argv[1] and not argv[1].startswith("-") else ""
+    return os.path.basename(script or argv[0]) or "unknown"
+
+
+def lockers(lock_path: Path) -> list[int]:
+    """The PIDs of other processes holding a `flock` on the lock file, as /proc/locks lists
+    them (readers hold it shared and do not write their name); [] where it cannot say."""
+    try:
+        stat = os.stat(lock_path)
+        with open("/proc/locks", encoding="ascii", errors="replace") as handle:
+            table = handle.read()
+    except OSError:
+        return []
+    device = f"{os.major(stat.st_dev):02x}:{os.minor(stat.st_dev):02x}:{stat.st_ino}"
+    found: list[int] = []
+    for line in table.splitlines():
+        # "3: FLOCK  ADVISORY  READ  4121 00:2a:1234 0 EOF"; a waiter's line has "->"
+        fields = line.split()
+        if len(fields) < 6 or fields[1] != "FLOCK" or fields[5] != device:
+            continue
+        pid = int(fields[4]) if fields[4].isdigit() else 0
+        if pid and pid != os.getpid() and pid not in found:
+            found.append(pid)
+    return found
+
+
+def describe_lockers(lock_path: Path) -> str:
+    """'PID 4121 (python on node01), a reader' for the processes holding the lock file's
+    flock without naming themselves in it, or '' when there are none to name."""
+    pids = lockers(lock_path)
+    if not pids:
+        return ""
+    host = socket.gethostname()
+    named = [f"PID {pid} ({_command_of(pid)} on {host})" for pid in pids[:3]]
+    more = f" and {len(pids) - 3} more" if len(pids) > 3 else ""
+    return ", ".join(named) + more
+
+
 class StoreLock:
     """The lock file of one database: exclusive for writers, shared for readers."""
 
@@ -98,7 +146,8 @@ class StoreLock:
 
     def timeout_error(self, waited: float, holder: str = "") -> StoreLockTimeout:
         """The one-sentence error for a wait that ran out."""
-        who = holder or describe_holder(self.path) or "another process"
+        who = holder or describe_holder(self.path) or describe_lockers(self.path)
+        who = who or "another process"
         return StoreLockTimeout(
             f"database {self.db_path} is locked by {who} for {waited:.0f} s; another job or "
             "program is using it — wait for it to finish, or raise store.lock_timeout_seconds"
@@ -153,6 +202,11 @@ class StoreLock:
                     return os.open(path, os.O_RDONLY)
                 except OSError:
                     pass
+            if path.exists() and os.access(path.parent, os.W_OK):
+                raise StoreFileError(
+                    f"cannot open the lock file {path} ({exc.strerror}): make that file "
+                    f"writable (chmod u+w {path}) or delete it while no job runs"
+                ) from None
             raise StoreFileError(
                 f"cannot open the lock file {path} ({exc.strerror}): make "
                 f"{path.parent} writable, or point duckdb_path at a writable folder"
