@@ -25,7 +25,7 @@ from usher_pipeline.persistence.catalog import (
     Checkpoint,
     unnest_columns,
 )
-from usher_pipeline.persistence.connection import StoreConnection
+from usher_pipeline.persistence.connection import NO_EXTENSIONS, StoreConnection
 from usher_pipeline.persistence.errors import (
     DatabaseNotFound,
     InvalidFrame,
@@ -61,6 +61,25 @@ _READ_ONLY_MESSAGE = (
     "query is read-only and this statement would change the database: use SELECT, DESCRIBE, "
     "SHOW or PRAGMA"
 )
+# What `query` refuses on any connection: statements that reach files, extensions or the
+# network outside the database (INSTALL parses as LOAD; an unknown kind is refused too).
+_OUTSIDE_STATEMENTS = frozenset({"COPY", "EXPORT", "LOAD", "ATTACH", "DETACH", "UNKNOWN"})
+_OUTSIDE_MESSAGE = (
+    "query reads the database only and refuses COPY, EXPORT, INSTALL, LOAD and ATTACH, which "
+    "reach other files, extensions or the network: use SELECT, and export_parquet to write a "
+    "table to a file"
+)
+
+
+def _statement_kinds(conn: duckdb.DuckDBPyConnection, sql: str) -> set[str]:
+    """The kinds of the statements in `sql` ('UNKNOWN' for one the Python API cannot name)."""
+    kinds = set()
+    try:
+        for statement in conn.extract_statements(sql):
+            kinds.add(statement.type.name)
+    except ValueError:  # a kind newer than the Python API's enum
+        kinds.add("UNKNOWN")
+    return kinds
 
 
 class PipelineStore(StoreConnection):
@@ -247,16 +266,18 @@ class PipelineStore(StoreConnection):
                 return fingerprint_source(conn, parquet_source(path))
         import duckdb
 
-        with duckdb.connect() as conn:
+        with duckdb.connect(config=NO_EXTENSIONS) as conn:
             return fingerprint_source(conn, parquet_source(path))
 
     def query(self, sql: str, params: list[Any] | dict[str, Any] | None = None) -> pl.DataFrame:
         """Run read-only SQL and return its result as a polars DataFrame.
 
         Outside a transaction it runs on a read-only connection under the shared lock, so
-        queries never block one another; inside one, statements that could write are refused
-        before they run. Raises ReadOnlyQuery for a statement that would change the database
-        and QueryFailed for any other error DuckDB reports.
+        queries never block one another, and without access to other files or the network;
+        inside one, statements that could write are refused before they run. Statements that
+        reach outside the database (COPY, EXPORT, INSTALL, LOAD, ATTACH) are always refused.
+        Raises ReadOnlyQuery for a statement that would change the database or reach outside
+        it, and QueryFailed for any other error DuckDB reports.
         """
         import duckdb
 
@@ -266,11 +287,12 @@ class PipelineStore(StoreConnection):
                 f"database {self.db_path} does not exist: run the workflow or pass --db FILE"
             )
         try:
-            with self.connect(write=False) as conn:
-                if shared:
-                    kinds = {s.type.name for s in conn.extract_statements(sql)}
-                    if not kinds <= _READ_STATEMENTS:
-                        raise ReadOnlyQuery(_READ_ONLY_MESSAGE)
+            with self.connect(write=False, external_access=False) as conn:
+                kinds = _statement_kinds(conn, sql)
+                if kinds & _OUTSIDE_STATEMENTS:
+                    raise ReadOnlyQuery(_OUTSIDE_MESSAGE)
+                if shared and not kinds <= _READ_STATEMENTS:
+                    raise ReadOnlyQuery(_READ_ONLY_MESSAGE)
                 return relation_frame(conn.sql(sql, params=params))
         except duckdb.Error as exc:
             first = " ".join(str(exc).split())[:200]
