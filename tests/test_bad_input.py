@@ -13,9 +13,11 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 from decimal import Decimal
 from pathlib import Path
 
+import duckdb
 import numpy as np
 import pandas as pd
 import polars as pl
@@ -164,6 +166,12 @@ BAD_QUERIES = {
     "missing_table": ("SELECT * FROM nope", QueryFailed),
     "missing_column": ("SELECT nope FROM genes", QueryFailed),
     "missing_parameter": ("SELECT * FROM genes WHERE score > ?", QueryFailed),
+    "copy_to_a_file": ("COPY (SELECT 1) TO '/nonexistent/x.csv'", ReadOnlyQuery),
+    "install_an_extension": ("INSTALL httpfs", ReadOnlyQuery),
+    "load_an_extension": ("LOAD httpfs", ReadOnlyQuery),
+    "attach_a_database": ("ATTACH '/nonexistent/other.duckdb' AS other", ReadOnlyQuery),
+    "export_the_database": ("EXPORT DATABASE '/nonexistent/dump'", ReadOnlyQuery),
+    "read_another_file": ("SELECT * FROM read_text('/etc/hostname')", QueryFailed),
 }
 
 
@@ -426,6 +434,170 @@ def test_store_in_a_folder_that_cannot_be_created_is_refused(read_only_store):
     with pytest.raises(StoreFileError) as error:
         PipelineStore(target)
     assert str(target.parent) in str(error.value)
+
+
+# -- the store's file: damage, permissions, names, other formats ------------------------------
+
+
+def corrupt_copy(tmp_path: Path) -> tuple[Path, pl.DataFrame]:
+    """A database holding a table of many blocks, with bytes flipped in its middle; the frame."""
+    path = tmp_path / "damaged.duckdb"
+    n = 400_000  # strings that do not compress: the table spans many blocks
+    frame = pl.DataFrame({"i": range(n), "s": [f"{i * 2654435761 % 2**32:x}" for i in range(n)]})
+    PipelineStore(path).save_dataframe(frame, "big")
+    size = path.stat().st_size
+    with path.open("r+b") as handle:
+        handle.seek(size // 2)
+        chunk = handle.read(4096)
+        handle.seek(size // 2)
+        handle.write(bytes(b ^ 0xFF for b in chunk))
+    return path, frame
+
+
+def test_corrupt_block_is_a_file_error_naming_repair_in_every_operation(committed, tmp_path):
+    path, frame = corrupt_copy(tmp_path)
+    with duckdb.connect(str(path), read_only=True) as raw, pytest.raises(duckdb.Error) as raw_error:
+        raw.sql("SELECT sum(i), count(DISTINCT s) FROM big").fetchall()
+    assert "checksum" in str(raw_error.value)  # the damage DuckDB finds on reading
+    store = PipelineStore(path)
+    operations = {
+        "load": lambda: store.load_dataframe("big"),
+        "fingerprint": lambda: store.fingerprint("big"),
+        "query": lambda: store.query("SELECT count(DISTINCT s) FROM big"),
+        "export": lambda: store.export_parquet("big", tmp_path / "big.parquet"),
+        "append": lambda: store.save_dataframe(frame.head(1), "big", replace=False),
+    }
+    for name, operation in operations.items():
+        with pytest.raises(StoreFileError) as error:
+            operation()
+        message = str(error.value)
+        assert str(path) in message and "usher-pipeline repair" in message, (name, message)
+        assert "\n" not in message
+    committed.assert_unchanged()
+
+
+SQLITE_OPEN = """
+import sys
+from pathlib import Path
+from usher_pipeline.persistence import PipelineStore
+from usher_pipeline.persistence.errors import StoreFileError
+try:
+    PipelineStore(sys.argv[1]).list_tables()
+except StoreFileError as exc:
+    print(exc)
+"""
+
+
+def test_sqlite_file_named_duckdb_is_refused_without_fetching_an_extension(committed, tmp_path):
+    import sqlite3
+
+    path = tmp_path / "x.duckdb"
+    with sqlite3.connect(path) as db:
+        db.execute("CREATE TABLE genes (gene TEXT)")
+    before = path.read_bytes()
+    home = tmp_path / "home"
+    home.mkdir()
+    done = subprocess.run(
+        [sys.executable, "-c", SQLITE_OPEN, str(path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "HOME": str(home)},
+    )
+    assert done.returncode == 0, done.stderr
+    message = done.stdout.strip()
+    assert str(path) in message and "SQLite" in message and "\n" not in message
+    assert list(home.iterdir()) == []  # no extension directory: nothing was installed
+    assert path.read_bytes() == before
+    committed.assert_unchanged()
+
+
+def test_database_name_too_long_for_the_file_system_is_one_line(committed, tmp_path):
+    path = tmp_path / ("g" * 300 + ".duckdb")
+    with pytest.raises(StoreFileError) as error:
+        PipelineStore(path)
+    message = str(error.value)
+    assert "long" in message and "duckdb_path" in message and "\n" not in message
+    committed.assert_unchanged()
+
+
+def test_database_name_that_leaves_no_room_for_the_store_suffixes_is_refused(committed, tmp_path):
+    path = tmp_path / ("g" * 240 + ".duckdb")  # fits alone, not with `.lock.gate` or staging
+    with pytest.raises(StoreFileError, match="bytes"):
+        PipelineStore(path)
+    assert not path.exists()
+    committed.assert_unchanged()
+
+
+@pytest.fixture
+def read_only_file():
+    """Bind-mount a file read-only over itself (root only); the folder stays writable."""
+    mounted: list[Path] = []
+
+    def make(path: Path) -> Path:
+        for step in (
+            ["mount", "--bind", str(path), str(path)],
+            ["mount", "-o", "remount,bind,ro", str(path)],
+        ):
+            done = subprocess.run(step, capture_output=True, text=True)
+            if done.returncode != 0:
+                pytest.fail(f"cannot make {path} read-only ({done.stderr.strip()}): run as root")
+        mounted.append(path)
+        return path
+
+    yield make
+    for path in mounted:
+        subprocess.run(["umount", str(path)], check=True)
+
+
+def test_read_only_lock_file_names_the_file_not_the_folder(committed, read_only_file):
+    lock = read_only_file(committed.db.with_name(committed.db.name + ".lock"))
+    with pytest.raises(StoreFileError) as error:
+        committed.store.save_dataframe(pl.DataFrame({"x": [1]}), "more")
+    message = str(error.value)
+    assert f"lock file {lock}" in message and "chmod" in message
+    assert f"make {lock.parent} writable" not in message
+    assert committed.store.load_dataframe("genes").height == 3  # reading still works
+    committed.assert_unchanged()
+
+
+def test_read_only_database_file_says_so_and_names_chmod(committed, read_only_file):
+    read_only_file(committed.db)
+    with pytest.raises(StoreFileError) as error:
+        committed.store.save_dataframe(pl.DataFrame({"x": [1]}), "more")
+    message = str(error.value)
+    assert str(committed.db) in message and "read-only" in message and "chmod" in message
+    assert "repair" not in message and "\n" not in message
+    assert committed.store.fingerprint("genes") == committed.fingerprint
+    committed.assert_unchanged()
+
+
+def test_query_cannot_write_files_or_install_extensions(committed, tmp_path):
+    sentinel = tmp_path / "sentinel.parquet"
+    sentinel.write_bytes(b"kept")
+    target = tmp_path / "x.csv"
+    for sql in (
+        f"COPY (SELECT 1) TO '{target}'",
+        f"COPY genes TO '{sentinel}' (FORMAT parquet)",
+        "INSTALL httpfs",
+        "LOAD httpfs",
+        f"ATTACH '{tmp_path / 'other.duckdb'}' AS other",
+        f"EXPORT DATABASE '{tmp_path / 'dump'}'",
+        f"SELECT 1; COPY genes TO '{target}'",
+    ):
+        for scope in ("alone", "transaction"):
+            with pytest.raises(ReadOnlyQuery) as error:
+                if scope == "alone":
+                    committed.store.query(sql)
+                else:
+                    with committed.store.transaction():
+                        committed.store.query(sql)
+            assert "\n" not in str(error.value)
+    assert not target.exists() and sentinel.read_bytes() == b"kept"
+    assert not (tmp_path / "other.duckdb").exists() and not (tmp_path / "dump").exists()
+    with pytest.raises(QueryFailed):  # a SELECT cannot reach other files either
+        committed.store.query(f"SELECT * FROM read_text('{sentinel}')")
+    committed.assert_unchanged()
 
 
 # -- provenance inputs -------------------------------------------------------------------------
