@@ -10,11 +10,13 @@ Extra arguments go to Snakemake (demo) or pytest (test), e.g. `python3 tasks.py 
 from __future__ import annotations
 
 import os
+import shlex
 import shutil
 import subprocess
 import sys
 import venv
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent
 VENV = ROOT / ".venv"
@@ -22,9 +24,9 @@ BIN = VENV / "bin"
 SLURM_PACKAGES = ["slurm-wlm", "munge"]
 
 
-def run(*command: str | os.PathLike[str], **kwargs: object) -> None:
+def run(*command: str | os.PathLike[str], **kwargs: Any) -> None:
     """Run a command in the repository, echoing it; stop on failure."""
-    print("+", " ".join(str(c) for c in command), flush=True)
+    print("+", shlex.join(str(c) for c in command), flush=True)  # a path may hold spaces
     result = subprocess.run([str(c) for c in command], cwd=ROOT, **kwargs)  # noqa: S603
     if result.returncode != 0:
         sys.exit(result.returncode)
