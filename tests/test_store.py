@@ -9,6 +9,7 @@ import json
 import os
 import re
 from concurrent.futures import ThreadPoolExecutor
+from decimal import Decimal
 from pathlib import Path
 
 import duckdb
@@ -399,6 +400,160 @@ def test_append_with_wrong_columns_is_refused_and_changes_nothing(store: Pipelin
         store.save_dataframe(pl.DataFrame({"zzz": ["x"]}), "t", replace=False)
     assert store.load_dataframe("t")["a"].to_list() == [1, 2]
     assert store.get_checkpoint("t") == before
+
+
+# -- appends keep values exactly: same columns, same types or a widening that keeps them --------
+
+REFUSED_APPENDS = {
+    "fraction_into_integer": (
+        {"n": [1.7]},
+        "column 'n' is DOUBLE in the new rows but BIGINT",
+    ),
+    "string_into_float": ({"x": ["2.5"]}, "column 'x' is VARCHAR in the new rows but DOUBLE"),
+    "list_into_string": ({"s": [["X"]]}, "column 's' is VARCHAR[] in the new rows but VARCHAR"),
+    "integer_into_float": ({"x": [2]}, "column 'x' is BIGINT in the new rows but DOUBLE"),
+    "uint64_into_int64": (
+        {"n": pl.Series([2**63], dtype=pl.UInt64)},
+        "column 'n' is UBIGINT in the new rows but BIGINT",
+    ),
+    "float_into_float32": (
+        {"f": [0.1]},
+        "column 'f' is DOUBLE in the new rows but FLOAT",
+    ),
+    "struct_field_renamed": (
+        {"st": [{"b": 1}]},
+        "column 'st' is STRUCT(b BIGINT) in the new rows but STRUCT(a BIGINT)",
+    ),
+    "struct_field_narrowed": (
+        {"st": [{"a": 0.5}]},
+        "column 'st' is STRUCT(a DOUBLE) in the new rows but STRUCT(a BIGINT)",
+    ),
+    "list_of_fractions_into_list_of_integers": (
+        {"li": [[0.5]]},
+        "column 'li' is DOUBLE[] in the new rows but BIGINT[]",
+    ),
+    "date_into_timestamp": (
+        {"ts": [dt.date(2025, 1, 1)]},
+        "column 'ts' is DATE in the new rows but TIMESTAMP",
+    ),
+}
+
+APPEND_BASE = {
+    "n": [1],
+    "x": [0.5],
+    "s": ["a"],
+    "f": pl.Series([0.5], dtype=pl.Float32),
+    "st": [{"a": 1}],
+    "li": [[1]],
+    "ts": [dt.datetime(2025, 1, 1)],
+}
+
+
+@pytest.mark.parametrize("case", REFUSED_APPENDS.values(), ids=REFUSED_APPENDS.keys())
+def test_append_of_another_type_is_refused_naming_the_column_and_both_types(
+    store: PipelineStore, case: tuple[dict[str, object], str]
+) -> None:
+    change, fragment = case
+    store.save_dataframe(pl.DataFrame(APPEND_BASE), "t")
+    before, fingerprint = store.get_checkpoint("t"), store.fingerprint("t")
+    frame = pl.DataFrame(APPEND_BASE).with_columns(pl.DataFrame(change))
+    with pytest.raises(InvalidFrame) as error:
+        store.save_dataframe(frame, "t", replace=False)
+    message = str(error.value)
+    assert message.startswith(f"cannot append to table 't': {fragment} in the table")
+    assert message.endswith("or save with replace=True to change the schema")
+    assert "\n" not in message
+    assert store.get_checkpoint("t") == before and store.fingerprint("t") == fingerprint
+
+
+def test_append_missing_or_adding_a_column_is_refused_naming_it(store: PipelineStore) -> None:
+    store.save_dataframe(pl.DataFrame({"a": [1], "b": ["x"]}), "t")
+    before = store.get_checkpoint("t")
+    with pytest.raises(InvalidFrame, match=r"lack its column 'b'; add it \(a column of nulls"):
+        store.save_dataframe(pl.DataFrame({"a": [2]}), "t", replace=False)
+    with pytest.raises(InvalidFrame, match="have column 'c' that the table lacks; drop it"):
+        store.save_dataframe(pl.DataFrame({"a": [2], "b": ["y"], "c": [0]}), "t", replace=False)
+    with pytest.raises(InvalidFrame, match="lack its column 'b' and have column 'B'"):
+        store.save_dataframe(pl.DataFrame({"a": [2], "B": ["y"]}), "t", replace=False)
+    assert store.get_checkpoint("t") == before
+    assert store.load_dataframe("t").rows() == [(1, "x")]
+
+
+def test_append_widens_only_where_every_value_is_kept(store: PipelineStore) -> None:
+    store.save_dataframe(
+        pl.DataFrame(
+            {
+                "i": [0],
+                "f": [0.0],
+                "d": pl.Series([Decimal("1.2500")], dtype=pl.Decimal(38, 4)),
+                "li": [[0]],
+                "st": [{"a": 0, "b": 0.0}],
+            }
+        ),
+        "t",
+    )
+    small = {
+        pl.Int8: -(2**7),
+        pl.Int16: -(2**15),
+        pl.Int32: -(2**31),
+        pl.UInt8: 2**8 - 1,
+        pl.UInt16: 2**16 - 1,
+        pl.UInt32: 2**32 - 1,
+    }
+    for dtype, value in small.items():
+        store.save_dataframe(
+            pl.DataFrame(
+                {
+                    "i": pl.Series([value], dtype=dtype),
+                    "f": pl.Series([0.1], dtype=pl.Float32),
+                    "d": pl.from_arrow(pa.array([Decimal("-7.50")], pa.decimal128(10, 2))),
+                    "li": pl.Series([[value]], dtype=pl.List(dtype)),
+                    "st": [{"a": value, "b": None}],
+                }
+            ).with_columns(pl.col("st").cast(pl.Struct({"a": dtype, "b": pl.Float32}))),
+            "t",
+            replace=False,
+        )
+    loaded = store.load_dataframe("t")
+    assert loaded.schema == pl.Schema(
+        {
+            "i": pl.Int64,
+            "f": pl.Float64,
+            "d": pl.Decimal(38, 4),
+            "li": pl.List(pl.Int64),
+            "st": pl.Struct({"a": pl.Int64, "b": pl.Float64}),
+        }
+    )
+    assert loaded["i"].to_list() == [0, *small.values()]
+    assert loaded["li"].to_list() == [[0]] + [[v] for v in small.values()]
+    assert loaded["f"].to_list()[1] == float(np.float32(0.1))  # Float32's value, exactly
+    assert loaded["d"].to_list()[1] == Decimal("-7.5000")
+    assert store.get_checkpoint("t")["row_count"] == 7
+
+
+def test_append_gives_null_parts_of_a_column_the_type_of_the_first_values(
+    store: PipelineStore,
+) -> None:
+    store.save_dataframe(pl.DataFrame({"st": [{"a": None, "b": 1}], "li": [[None]]}), "t")
+    store.save_dataframe(
+        pl.DataFrame({"st": [{"a": "x", "b": 2}], "li": [[{"p": 1.5}]]}), "t", replace=False
+    )
+    with pytest.raises(InvalidFrame, match=r"column 'st' is STRUCT\(a BIGINT, b BIGINT\)"):
+        store.save_dataframe(
+            pl.DataFrame({"st": [{"a": 3, "b": 3}], "li": [[None]]}), "t", replace=False
+        )
+    loaded = store.load_dataframe("t")
+    assert loaded.schema == pl.Schema(
+        {
+            "st": pl.Struct({"a": pl.String, "b": pl.Int64}),
+            "li": pl.List(pl.Struct({"p": pl.Float64})),
+        }
+    )
+    assert loaded.rows() == [({"a": None, "b": 1}, [None]), ({"a": "x", "b": 2}, [{"p": 1.5}])]
+    assert json.loads(store.get_checkpoint("t")["schema_json"])[0] == [
+        "st",
+        "STRUCT(a VARCHAR, b BIGINT)",
+    ]
 
 
 # -- transactions ---------------------------------------------------------------------------

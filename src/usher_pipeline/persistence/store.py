@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, cast, overload
 
 from usher_pipeline._io import remove_stale_temps, temp_path_for
+from usher_pipeline.persistence.appends import prepare_append
 from usher_pipeline.persistence.catalog import (
     CHECKPOINT_COLUMNS,
     CHECKPOINT_TYPES,
@@ -28,7 +29,6 @@ from usher_pipeline.persistence.catalog import (
 from usher_pipeline.persistence.connection import NO_EXTENSIONS, StoreConnection
 from usher_pipeline.persistence.errors import (
     DatabaseNotFound,
-    InvalidFrame,
     QueryFailed,
     ReadOnlyQuery,
     TableNotFound,
@@ -42,7 +42,6 @@ from usher_pipeline.persistence.frames import relation_frame, to_polars, write_p
 from usher_pipeline.persistence.sql import (
     parquet_source,
     quote_identifier,
-    retype_null_columns,
     table_in,
     validate_table_name,
 )
@@ -129,7 +128,9 @@ class PipelineStore(StoreConnection):
         """Store `df` as `table_name` and record its checkpoint, in one transaction.
 
         `replace=False` appends (creating the table if absent); the checkpoint then records
-        the table's true total. Returns the checkpoint row.
+        the table's true total. An append must have the table's columns and types, or
+        widenings that keep every value (`persistence.appends`), else InvalidFrame is raised
+        and nothing changes. Returns the checkpoint row.
         """
         validate_table_name(table_name)
         frame = to_polars(df)
@@ -182,15 +183,10 @@ class PipelineStore(StoreConnection):
             if replace or not table_in(conn, table_name):
                 conn.execute(f"CREATE OR REPLACE TABLE {quoted} AS SELECT * FROM {source}")
             else:
-                try:
-                    retype_null_columns(conn, quoted, source)
-                    conn.execute(f"INSERT INTO {quoted} BY NAME SELECT * FROM {source}")
-                except Exception as exc:  # noqa: BLE001 - DuckDB raises several binder errors
-                    first = str(exc).splitlines()[0][:200]
-                    raise InvalidFrame(
-                        f"cannot append to table '{table_name}': the new rows do not match its "
-                        f"columns ({first}); save with replace=True to change the schema"
-                    ) from None
+                # the same columns and types, or widenings that keep every value: checked
+                # before anything is written (appends.py states the rule)
+                prepare_append(conn, table_name, source)
+                conn.execute(f"INSERT INTO {quoted} BY NAME SELECT * FROM {source}")
             if not replace or fingerprint is None or row_count is None:
                 # an append, including the first one, records the table's total
                 fingerprint, row_count, schema = fingerprint_and_schema(conn, quoted)
