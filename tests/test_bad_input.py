@@ -341,6 +341,24 @@ CONFIG_CASES = {
         VALID.replace("database_mode: job", "database_mode: both"),
         "database_mode",
     ),
+    "key_given_twice": (VALID + "\nduckdb_path: other.duckdb\n", "'duckdb_path' twice"),
+    "section_given_twice": (VALID + "\nscoring:\n  gnomad: 0.2\n", "'scoring' twice"),
+    "infinite_lock_timeout": (
+        VALID.replace("lock_timeout_seconds: 120.0", "lock_timeout_seconds: .inf"),
+        "lock_timeout_seconds",
+    ),
+    "lock_timeout_over_a_week": (
+        VALID.replace("lock_timeout_seconds: 120.0", "lock_timeout_seconds: 1e10"),
+        "lock_timeout_seconds",
+    ),
+    "infinite_batch_latency": (
+        VALID.replace("batch_latency_seconds: 0.05", "batch_latency_seconds: .inf"),
+        "batch_latency_seconds",
+    ),
+    "load_memory_over_1_tb": (
+        VALID.replace("load_memory_mb: 128", "load_memory_mb: 100000000000000000000"),
+        "load_memory_mb",
+    ),
 }
 
 
@@ -678,3 +696,87 @@ def test_bad_sidecar_is_reported_naming_the_file(committed, tmp_path, damage):
         ProvenanceTracker.load_sidecar(output)
     assert str(sidecar) in str(error.value)
     committed.assert_unchanged()
+
+
+# -- recovery and exports of a run -----------------------------------------------------------
+
+
+def big_table_run(root: Path) -> tuple[Path, Path]:
+    """A run of one real job saving a table of many blocks: (results folder, database)."""
+    db = root / "results" / "pipeline.duckdb"
+    n = 400_000  # strings that do not compress: the table spans many blocks
+    frame = pl.DataFrame({"i": range(n), "s": [f"{i * 2654435761 % 2**32:x}" for i in range(n)]})
+    smk = mock_snakemake(
+        "make",
+        output={
+            "table": root / "results" / "tables" / "big.parquet",
+            "steplog": root / "results" / "steplogs" / "big.json",
+        },
+        config={"duckdb_path": str(db), "store": {"lock_timeout_seconds": 10}},
+    )
+    with Job(smk) as job:
+        job.save(frame)
+    return root / "results", db
+
+
+def test_verify_and_repair_of_a_database_with_a_damaged_block(committed, tmp_path):
+    from usher_pipeline.audit import repair, verify
+    from usher_pipeline.export.run import load_run
+
+    results, db = big_table_run(tmp_path / "run")
+    fingerprint = PipelineStore(db).fingerprint("big")
+    size = db.stat().st_size
+    with db.open("r+b") as handle:
+        handle.seek(size // 2)
+        chunk = handle.read(4096)
+        handle.seek(size // 2)
+        handle.write(bytes(b ^ 0xFF for b in chunk))
+    damaged = db.read_bytes()
+    run = load_run(results)
+    problems = verify(run, db).problems
+    assert [p.kind for p in problems] == ["DATABASE"]
+    assert f"database {db} is damaged" in problems[0].message
+    assert "`usher-pipeline repair`" in problems[0].message and "\n" not in problems[0].message
+    result = repair(run, db)
+    assert result.moved_aside is not None and result.moved_aside.read_bytes() == damaged
+    assert PipelineStore(db).fingerprint("big") == fingerprint
+    assert verify(run, db).ok
+    committed.assert_unchanged()
+
+
+def test_exports_onto_a_directory_or_into_a_read_only_folder_write_nothing(
+    read_only_store, tmp_path
+):
+    from usher_pipeline.export.prov import ProvWriteError, write_prov
+    from usher_pipeline.export.rocrate import CrateError, write_rocrate
+    from usher_pipeline.export.run import load_run
+
+    root = tmp_path / "run"
+    job_steplog(root, "made", root / "results" / "pipeline.duckdb")
+    run = load_run(root / "results")
+    folder = read_only_store.db.parent
+    held = sorted(p.name for p in folder.iterdir())
+    cases = {
+        "prov_onto_a_directory": (
+            lambda: write_prov(run, root),
+            ProvWriteError,
+            f"{root} is a directory",
+        ),
+        "prov_into_a_read_only_folder": (
+            lambda: write_prov(run, folder / "run.prov.json"),
+            ProvWriteError,
+            f"make {folder} writable",
+        ),
+        "crate_into_a_read_only_folder": (
+            lambda: write_rocrate(run, folder / "crate", snakefile=REPO / "Snakefile"),
+            CrateError,
+            f"make {folder} writable",
+        ),
+    }
+    for name, (call, kind, words) in cases.items():
+        with pytest.raises(kind) as error:
+            call()
+        message = str(error.value)
+        assert words in message and "\n" not in message, (name, message)
+    assert sorted(p.name for p in folder.iterdir()) == held
+    read_only_store.assert_unchanged()
