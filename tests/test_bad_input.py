@@ -36,7 +36,8 @@ from usher_pipeline.persistence.errors import (
     StoreFileError,
     UnsupportedFrameType,
 )
-from usher_pipeline.workflow import Job, StepLogError, mock_snakemake
+from usher_pipeline.workflow import Job, StepLogError, fetch_in_batches, mock_snakemake
+from usher_pipeline.workflow.fetch import BatchMismatch, FileLedger
 from usher_pipeline.workflow.merge import merge_provenance
 
 REPO = Path(__file__).resolve().parents[1]
@@ -155,6 +156,68 @@ def test_append_with_other_columns_is_refused(committed):
     committed.assert_unchanged()
 
 
+REFUSED_APPENDS = {
+    "string_into_float": ({"gene": ["X"], "score": ["0.5"]}, "column 'score' is VARCHAR"),
+    "integer_into_float": ({"gene": ["X"], "score": [1]}, "column 'score' is BIGINT"),
+    "boolean_into_float": ({"gene": ["X"], "score": [True]}, "column 'score' is BOOLEAN"),
+    "list_into_string": ({"gene": [["X"]], "score": [0.5]}, "column 'gene' is VARCHAR[]"),
+    "struct_into_string": ({"gene": [{"a": "X"}], "score": [0.5]}, "column 'gene' is STRUCT"),
+    "date_into_string": ({"gene": [dt.date(2025, 1, 1)], "score": [0.5]}, "column 'gene' is DATE"),
+    "missing_column": ({"gene": ["X"]}, "lack its column 'score'"),
+    "extra_column": ({"gene": ["X"], "score": [0.5], "n": [1]}, "have column 'n'"),
+    "column_differing_in_case": ({"Gene": ["X"], "score": [0.5]}, "have column 'Gene'"),
+}
+
+
+@pytest.mark.parametrize("case", REFUSED_APPENDS.values(), ids=REFUSED_APPENDS.keys())
+def test_append_that_would_change_a_value_or_a_column_is_refused(committed, case):
+    columns, fragment = case
+    with pytest.raises(InvalidFrame) as error:
+        committed.store.save_dataframe(pl.DataFrame(columns), "genes", replace=False)
+    assert type(error.value) is InvalidFrame and "\n" not in str(error.value)
+    assert fragment in str(error.value) and "replace=True" in str(error.value)
+    committed.assert_unchanged()
+
+
+def test_pandas_append_of_strings_into_a_float_column_is_refused(committed):
+    frame = pd.DataFrame({"gene": ["X"], "score": ["0.5"]})
+    with pytest.raises(InvalidFrame, match="column 'score' is VARCHAR in the new rows but DOUBLE"):
+        committed.store.save_dataframe(frame, "genes", replace=False)
+    committed.assert_unchanged()
+
+
+# -- fetch batches that cannot combine -------------------------------------------------------
+
+BAD_BATCHES = {
+    "fraction_after_whole_numbers": (pl.DataFrame({"key": [2], "value": [3.75]}), "as Float64"),
+    "string_after_numbers": (pl.DataFrame({"key": [2], "value": ["2"]}), "as String"),
+    "list_after_numbers": (pl.DataFrame({"key": [2], "value": [[2]]}), "as List(Int64)"),
+    "missing_column": (pl.DataFrame({"key": [2]}), "lacks column 'value'"),
+    "extra_column": (pl.DataFrame({"key": [2], "value": [2], "x": [0]}), "has column 'x'"),
+}
+
+
+@pytest.mark.parametrize("case", BAD_BATCHES.values(), ids=BAD_BATCHES.keys())
+def test_fetch_batch_that_cannot_combine_stops_the_fetch_at_that_batch(committed, tmp_path, case):
+    later, fragment = case
+    calls: list[int] = []
+
+    def fetch(keys: list[int]) -> pl.DataFrame:
+        calls.append(keys[0])
+        return later if keys[0] == 2 else pl.DataFrame({"key": keys, "value": keys})
+
+    ledger = FileLedger(tmp_path / "partial" / "things")
+    with pytest.raises(BatchMismatch) as error:
+        fetch_in_batches(list(range(5)), fetch, ledger=ledger, batch_size=1, label="things")
+    message = str(error.value)
+    assert type(error.value) is BatchMismatch and isinstance(error.value, UsherError)
+    assert message.startswith("things: batch 3 of 5 (key 2) ") and fragment in message
+    assert "\n" not in message
+    assert calls == [0, 1, 2]  # no batch after it was fetched
+    assert len(ledger.committed()) == 2  # the committed batches stay
+    committed.assert_unchanged()
+
+
 # -- queries ---------------------------------------------------------------------------------
 
 BAD_QUERIES = {
@@ -202,10 +265,12 @@ def test_empty_frame_is_allowed_and_keeps_its_schema(committed):
     back = roundtrip(committed, empty)
     assert back.height == 0 and back.schema == empty.schema
     assert committed.store.get_checkpoint("probe")["row_count"] == 0
-    committed.store.save_dataframe(
-        pl.DataFrame({"gene": ["X"], "score": [1.0], "n": [1]}), "probe", replace=False
-    )
-    assert committed.store.load_dataframe("probe").height == 1  # appends to the kept schema
+    row = pl.DataFrame({"gene": ["X"], "score": [1.0], "n": pl.Series([1], dtype=pl.Int8)})
+    committed.store.save_dataframe(row, "probe", replace=False)  # Int8 widens into Int32
+    assert committed.store.load_dataframe("probe").schema == empty.schema  # the kept schema
+    with pytest.raises(InvalidFrame, match="column 'n' is BIGINT in the new rows but INTEGER"):
+        committed.store.save_dataframe(row.cast({"n": pl.Int64}), "probe", replace=False)
+    assert committed.store.load_dataframe("probe").height == 1
 
 
 def test_null_only_columns_round_trip(committed):

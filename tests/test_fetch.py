@@ -13,14 +13,17 @@ import polars as pl
 import pytest
 
 from usher_pipeline.persistence import PipelineStore
+from usher_pipeline.persistence.fingerprint import fingerprint_parquet
 from usher_pipeline.workflow import Job, fetch_in_batches, mock_snakemake, plan_batches
 from usher_pipeline.workflow.fetch import (
     AUDIT_VARIABLE,
+    BatchMismatch,
     FileLedger,
     progress_path,
     remaining_share,
     write_progress,
 )
+from usher_pipeline.workflow.ingest import ingest_sentinels
 
 KEYS = list(range(100))
 BATCH = 10
@@ -289,3 +292,185 @@ with Job(smk) as job:
     assert rerun.calls == []
     assert not partial.exists()
     assert tables(tmp_path / "results/pipeline.duckdb")["things"] == 100
+
+
+# -- combining batches: one rule with appends ---------------------------------------------------
+
+
+class Batches:
+    """A fetch function that returns a given frame per batch (by its first key) and records
+    which batches it was asked for."""
+
+    def __init__(self, frames: dict[int, pl.DataFrame], default: pl.DataFrame) -> None:
+        self.frames, self.default = frames, default
+        self.calls: list[int] = []
+
+    def __call__(self, batch: list[int]) -> pl.DataFrame:
+        self.calls.append(batch[0])
+        return self.frames.get(batch[0], self.default)
+
+
+WHOLE = pl.DataFrame({"key": [1], "value": [2]})  # Int64 values
+
+
+@pytest.mark.parametrize(
+    ("later", "fragment"),
+    [
+        (
+            pl.DataFrame({"key": [1], "value": [3.75]}),
+            "has column 'value' as Float64 but the batches before it as Int64",
+        ),
+        (pl.DataFrame({"key": [1]}), "lacks column 'value' that the batches before it have"),
+        (
+            pl.DataFrame({"key": [1], "value": [2], "note": ["x"]}),
+            "has column 'note' that the batches before it lack",
+        ),
+        (
+            pl.DataFrame({"key": [1], "value": ["2"]}),
+            "has column 'value' as String but the batches before it as Int64",
+        ),
+        (
+            pl.DataFrame({"key": [1], "value": pl.Series([2], dtype=pl.UInt64)}),
+            "has column 'value' as UInt64 but the batches before it as Int64",
+        ),
+    ],
+    ids=["fraction_after_whole_numbers", "missing", "extra", "string", "uint64"],
+)
+def test_a_batch_that_cannot_combine_stops_the_fetch_before_it_is_committed(
+    tmp_path, later, fragment
+):
+    folder = tmp_path / "things"
+    source = Batches({20: later}, WHOLE)
+    with pytest.raises(BatchMismatch) as error:
+        fetch_in_batches(KEYS, source, ledger=FileLedger(folder), batch_size=BATCH, label="t")
+    message = str(error.value)
+    assert message.startswith(f"t: batch 3 of 10 (keys 20 to 29) {fragment}: ")
+    assert "\n" not in message and "cast in the fetch function" in message
+    assert "the 2 committed batches are kept" in message
+    assert source.calls == [0, 10, 20]  # stopped at that batch: no later batch was fetched
+    assert len(FileLedger(folder).committed()) == 2
+
+    again = Batches({20: later}, WHOLE)  # a rerun stops there again, fetching only that batch
+    with pytest.raises(BatchMismatch, match="batch 3 of 10"):
+        fetch_in_batches(KEYS, again, ledger=FileLedger(folder), batch_size=BATCH, label="t")
+    assert again.calls == [20]
+
+
+def test_fractions_after_whole_numbers_are_kept_when_every_batch_returns_floats(tmp_path):
+    floats = Batches(
+        {20: pl.DataFrame({"key": [1], "value": [3.75]})}, WHOLE.cast({"value": pl.Float64})
+    )
+    frame, _ = fetch_in_batches(KEYS, floats, ledger=FileLedger(tmp_path / "t"), batch_size=BATCH)
+    assert frame.schema["value"] == pl.Float64
+    assert frame["value"].to_list() == [2.0, 2.0, 3.75] + [2.0] * 7
+
+
+def test_batches_combine_by_the_widenings_of_an_append(tmp_path):
+    first = pl.DataFrame({"key": [0], "value": [1], "x": [0.5], "note": [None], "tags": [[None]]})
+    later = {
+        10: pl.DataFrame(
+            {
+                "note": ["kept"],
+                "key": pl.Series([10], dtype=pl.Int32),
+                "value": pl.Series([2**31 - 1], dtype=pl.UInt32),
+                "x": pl.Series([0.25], dtype=pl.Float32),
+                "tags": [["HP:1"]],
+            }
+        ),
+        20: pl.DataFrame(
+            {"key": [20], "value": [None], "x": [None], "note": [None], "tags": [None]}
+        ),
+    }
+    frame, _ = fetch_in_batches(
+        KEYS[:30], Batches(later, first), ledger=FileLedger(tmp_path / "t"), batch_size=BATCH
+    )
+    assert frame.schema == pl.Schema(
+        {
+            "key": pl.Int64,
+            "value": pl.Int64,
+            "x": pl.Float64,
+            "note": pl.String,
+            "tags": pl.List(pl.String),
+        }
+    )
+    assert frame.rows() == [
+        (0, 1, 0.5, None, [None]),
+        (10, 2**31 - 1, 0.25, "kept", ["HP:1"]),
+        (20, None, None, None, None),
+    ]
+
+
+def test_a_committed_batch_that_cannot_combine_is_named_with_its_folder(tmp_path):
+    folder = tmp_path / "things"
+    ledger = FileLedger(folder)
+    plan = plan_batches(KEYS[:20], BATCH, "")
+    ledger.commit(plan[0][0], pl.DataFrame({"key": [0], "value": [1]}))
+    ledger.commit(plan[1][0], pl.DataFrame({"key": [10], "value": [1.5]}))
+    source = Batches({}, WHOLE)
+    with pytest.raises(BatchMismatch) as error:
+        fetch_in_batches(KEYS[:20], source, ledger=ledger, batch_size=BATCH, label="t")
+    assert str(error.value) == (
+        "t: batch 2 of 2 (keys 10 to 19), committed by an earlier run, has column 'value' as "
+        f"Float64 but the batches before it as Int64: delete {folder} and rerun to fetch every "
+        "batch again"
+    )
+    assert source.calls == []
+
+
+def test_columns_named_like_internal_ones_survive_a_fetch(tmp_path):
+    def fetch(keys: list[int]) -> pl.DataFrame:
+        return pl.DataFrame(
+            {
+                "key": keys,
+                "_batch_row": keys,
+                "_batch_order": keys,
+                "_batch_id": ["mine"] * len(keys),
+            }
+        )
+
+    run = tmp_path / "run"
+    smk = fetch_job(run, "job")
+    with Job(smk) as job:
+        job.save(job.fetch(KEYS, fetch, batch_size=BATCH))
+    expected = fetch(KEYS)
+    assert pl.read_parquet(run / "results/tables/things.parquet").equals(expected)
+    store = PipelineStore(run / "results/pipeline.duckdb", lock_timeout=30)
+    assert store.load_dataframe("things").equals(expected)
+
+
+def test_both_database_modes_give_the_same_fingerprint_for_the_same_fetch(tmp_path):
+    def fetch(keys: list[int]) -> pl.DataFrame:  # whole numbers first, then fractions
+        return pl.DataFrame({"key": keys, "value": [k / 4 if k >= 50 else float(k) for k in keys]})
+
+    roots = {mode: tmp_path / mode for mode in ("job", "head")}
+    for mode, root in roots.items():
+        with Job(fetch_job(root, mode)) as job:
+            job.save(job.fetch(KEYS, fetch, batch_size=BATCH), description="numbers")
+    sentinels = {m: r / "results/tables/things.parquet" for m, r in roots.items()}
+    assert pl.read_parquet(sentinels["head"]).equals(fetch(KEYS))
+    assert pl.read_parquet(sentinels["job"]).equals(fetch(KEYS))
+    job_fp = PipelineStore(roots["job"] / "results/pipeline.duckdb").get_checkpoint("things")[
+        "fingerprint"
+    ]
+    head_store = PipelineStore(roots["head"] / "results/pipeline.duckdb", lock_timeout=30)
+    ingest_sentinels(
+        head_store, [sentinels["head"]], [roots["head"] / "results/steplogs/things.json"]
+    )
+    assert head_store.get_checkpoint("things")["fingerprint"] == job_fp
+    assert fingerprint_parquet(sentinels["head"])[0] == fingerprint_parquet(sentinels["job"])[0]
+    assert head_store.load_dataframe("things")["value"].to_list()[-1] == 99 / 4
+
+
+@pytest.mark.parametrize("mode", ["job", "head"])
+def test_a_job_whose_batches_cannot_combine_fails_with_one_line_in_both_modes(tmp_path, mode):
+    source = Batches({30: pl.DataFrame({"key": [1], "value": [3.75]})}, WHOLE)
+    with pytest.raises(SystemExit) as error, Job(fetch_job(tmp_path, mode)) as job:
+        job.save(job.fetch(KEYS, source, batch_size=BATCH))
+    assert str(error.value).startswith("rule things: things: batch 4 of 10 (keys 30 to 39) ")
+    assert "\n" not in str(error.value)
+    assert source.calls == [0, 10, 20, 30]
+    assert not (tmp_path / "results/tables/things.parquet").exists()
+    assert len(FileLedger(tmp_path / "results/tables/.partial/things").committed()) == 3
+    log = (tmp_path / "logs/things.log").read_text()
+    assert "things: batch 4 of 10 (keys 30 to 39) has column 'value' as Float64" in log
+    assert "Traceback" not in log

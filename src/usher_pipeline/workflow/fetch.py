@@ -5,6 +5,10 @@ hash of the settings that shape the result), so a restart with the same keys and
 recognises what was already committed, and a changed setting never reuses stale batches. A
 ledger keeps the committed batches as Parquet files beside the outputs, in both database
 modes: they are private to the job, so they stay out of the shared database and its lock.
+
+Batches combine by the rule of an append (`persistence.appends`): each has the columns of the
+first, by name, with the same types or widenings that keep every value. A batch that does not
+fit stops the fetch before it is committed, and before the next batch is fetched.
 """
 
 from __future__ import annotations
@@ -16,10 +20,12 @@ import shutil
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 from usher_pipeline._io import atomic_path, write_json_atomic
+from usher_pipeline.errors import UsherError
 from usher_pipeline.hashing import sha256_json
+from usher_pipeline.persistence.appends import Unmatched, combine_schemas, conform
 from usher_pipeline.persistence.duckdb_store import to_polars, write_parquet
 
 if TYPE_CHECKING:
@@ -28,6 +34,10 @@ if TYPE_CHECKING:
 log = logging.getLogger("usher_pipeline.fetch")
 
 AUDIT_VARIABLE = "USHER_FETCH_AUDIT"
+
+
+class BatchMismatch(UsherError, ValueError):
+    """A fetched batch whose columns or types cannot combine with the batches before it."""
 
 
 def _audit(event: str, table: str, batch_id: str) -> None:
@@ -88,11 +98,15 @@ def plan_batches(
 class BatchLedger(Protocol):
     """Where committed batches live until the complete table is saved."""
 
+    folder: Path
+
     def committed(self) -> set[str]: ...
 
     def commit(self, batch_id: str, frame: pl.DataFrame) -> None: ...
 
-    def load(self, batch_ids: Sequence[str]) -> pl.DataFrame | None: ...
+    def schema(self, batch_id: str) -> pl.Schema: ...
+
+    def load(self, batch_ids: Sequence[str], schema: pl.Schema) -> pl.DataFrame | None: ...
 
     def cleanup(self) -> None: ...
 
@@ -114,18 +128,80 @@ class FileLedger:
         with atomic_path(self.folder / f"{batch_id}.parquet") as tmp:
             write_parquet(frame, tmp)
 
-    def load(self, batch_ids: Sequence[str]) -> pl.DataFrame | None:
+    def schema(self, batch_id: str) -> pl.Schema:
+        """The columns of a committed batch, from its file's metadata."""
+        import polars as pl
+
+        return pl.Schema(pl.read_parquet_schema(self.folder / f"{batch_id}.parquet"))
+
+    def load(self, batch_ids: Sequence[str], schema: pl.Schema) -> pl.DataFrame | None:
+        """The batches one after the other, each cast to `schema`, which they combine to."""
         import polars as pl
 
         if not batch_ids:
             return None
-        return pl.concat(
-            [pl.read_parquet(self.folder / f"{b}.parquet") for b in batch_ids],
-            how="vertical_relaxed",
-        )
+        frames = [conform(pl.read_parquet(self.folder / f"{b}.parquet"), schema) for b in batch_ids]
+        return pl.concat(frames, how="vertical")
 
     def cleanup(self) -> None:
         shutil.rmtree(self.folder, ignore_errors=True)
+
+
+class Batch(NamedTuple):
+    """One batch of a fetch, as its refusal names it."""
+
+    label: str
+    position: int  # from 0, in the plan
+    total: int
+    keys: list[Any]
+    committed_before: int  # batches committed before this one is checked
+    folder: Path
+    committed: bool  # committed by an earlier run
+
+    def combine(self, schema: pl.Schema | None, new: pl.Schema) -> pl.Schema:
+        """The schema of the batches so far with this one; raises BatchMismatch when this one
+        does not fit them."""
+        if schema is None:
+            return new
+        try:
+            return combine_schemas(schema, new)
+        except Unmatched as exc:
+            raise BatchMismatch(self.message(exc, schema, new)) from None
+
+    def message(self, exc: Unmatched, schema: pl.Schema, new: pl.Schema) -> str:
+        """One sentence: the batch, its keys, the column and both types, and the fix."""
+        first, last = (_shown(k) for k in (self.keys[0], self.keys[-1]))
+        keys = f"key {first}" if len(self.keys) == 1 else f"keys {first} to {last}"
+        what = f"{self.label}: batch {self.position + 1} of {self.total} ({keys})"
+        if self.committed:
+            what += ", committed by an earlier run,"
+        if exc.missing:
+            problem = f"lacks {_columns(exc.missing)} that the batches before it have"
+        elif exc.extra:
+            problem = f"has {_columns(exc.extra)} that the batches before it lack"
+        else:
+            name = str(exc.column)
+            problem = (
+                f"has column '{name}' as {new[name]} but the batches before it as {schema[name]}"
+            )
+        if self.committed:
+            fix = f"delete {self.folder} and rerun to fetch every batch again"
+        else:
+            fix = (
+                "return the same columns, each of one type, from every batch (cast in the fetch "
+                f"function) and rerun; the {self.committed_before} committed batches are kept, "
+                f"so delete {self.folder} first if their types change"
+            )
+        return f"{what} {problem}: {fix}"
+
+
+def _shown(key: Any) -> str:
+    text = repr(key)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _columns(names: list[str]) -> str:
+    return ("columns " if len(names) > 1 else "column ") + ", ".join(f"'{n}'" for n in names)
 
 
 def fetch_in_batches(
@@ -141,50 +217,60 @@ def fetch_in_batches(
 ) -> tuple[pl.DataFrame, dict[str, Any]]:
     """Fetch `keys` in batches through `fetch`, committing each batch to `ledger` as it arrives.
 
-    Returns the concatenated result in key order and a summary (batches total, resumed,
-    fetched, seconds). Batches already committed by an earlier, interrupted run are not
-    fetched again. `on_commit(committed, total)` is called once the plan is known and after
-    each commit.
+    Returns the combined result in key order and a summary (batches total, resumed, fetched,
+    seconds). Batches already committed by an earlier, interrupted run are not fetched again.
+    Each batch is checked against the batches before it, before it is committed: one that
+    cannot combine with them raises BatchMismatch, and the batches committed stay.
+    `on_commit(committed, total)` is called once the plan is known and after each commit.
     """
     import polars as pl
 
     report = progress or log.info
     plan = plan_batches(keys, batch_size, signature)
     done = ledger.committed()
-    todo = [(bid, chunk) for bid, chunk in plan if bid not in done]
-    resumed = len(plan) - len(todo)
+    todo = sum(1 for batch_id, _ in plan if batch_id not in done)
+    resumed = len(plan) - todo
     report(
         f"{label}: {len(plan)} batches of up to {batch_size} keys; {resumed} already committed, "
-        f"{len(todo)} to fetch"
+        f"{todo} to fetch"
     )
     if on_commit is not None:
         on_commit(resumed, len(plan))
     started = time.monotonic()
     last_report = 0.0
-    for n, (batch_id, chunk) in enumerate(todo, start=1):
+    schema: pl.Schema | None = None  # what the batches so far combine to
+    n = 0
+    for index, (batch_id, chunk) in enumerate(plan):
+        if batch_id in done:
+            batch = Batch(label, index, len(plan), chunk, resumed + n, ledger.folder, True)
+            schema = batch.combine(schema, ledger.schema(batch_id))
+            continue
         frame = to_polars(fetch(chunk))
         _audit("fetched", label, batch_id)
+        batch = Batch(label, index, len(plan), chunk, resumed + n, ledger.folder, False)
+        schema = batch.combine(schema, frame.schema)
         ledger.commit(batch_id, frame)
         _audit("committed", label, batch_id)
+        n += 1
         if on_commit is not None:
             on_commit(resumed + n, len(plan))
         now = time.monotonic()
-        if now - last_report >= 1.0 or n == len(todo):
+        if now - last_report >= 1.0 or n == todo:
             last_report = now
             elapsed = now - started
             rate = n / elapsed if elapsed > 0 else float("inf")
-            eta = (len(todo) - n) / rate if rate > 0 else 0.0
+            eta = (todo - n) / rate if rate > 0 else 0.0
             report(
                 f"{label}: {resumed + n}/{len(plan)} batches ({100 * (resumed + n) // len(plan)}%)"
                 f", {rate:.1f} batches/s, ETA {eta:.0f} s"
             )
-    result = ledger.load([bid for bid, _ in plan])
+    result = None if schema is None else ledger.load([bid for bid, _ in plan], schema)
     if result is None:
         result = pl.DataFrame()
     summary = {
         "batches_total": len(plan),
         "batches_resumed": resumed,
-        "batches_fetched": len(todo),
+        "batches_fetched": todo,
         "batch_size": batch_size,
         "keys": len(keys),
         "fetch_seconds": round(time.monotonic() - started, 3),
