@@ -151,7 +151,7 @@ def test_checkpoints_lists_every_table_within_80_columns(demo_run, monkeypatch, 
     listed = {line.split()[0] for line in lines[1:-1] if not line.startswith(" ")}
     assert listed == TABLES
     universe = next(line for line in lines if line.startswith("gene_universe "))
-    fingerprint = steplog_fingerprint(demo_run, "gene_universe").removeprefix("fp1:")
+    fingerprint = steplog_fingerprint(demo_run, "gene_universe").removeprefix("fp2:")
     assert fingerprint[:8] in universe.split()
     assert lines[-1] == f"{len(TABLES)} tables in results/pipeline.duckdb"
     assert max(len(line) for line in lines) <= 80

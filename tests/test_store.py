@@ -614,7 +614,7 @@ def test_fingerprint_equal_for_equal_data_and_different_for_changes(
 ) -> None:
     frame = genes(20)
     a = store.save_dataframe(frame, "a")["fingerprint"]
-    assert a.startswith("fp1:")
+    assert a.startswith("fp2:")
     assert store.save_dataframe(frame.clone(), "b")["fingerprint"] == a
     assert store.save_dataframe(frame.reverse(), "shuffled")["fingerprint"] == a
     changed_value = frame.with_columns(
