@@ -13,7 +13,16 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-CASES = ["import", "small_jobs", "lock", "big_frame", "merge", "dryrun", "demo_restart"]
+CASES = [
+    "import",
+    "small_jobs",
+    "lock",
+    "big_frame",
+    "fingerprint",
+    "merge",
+    "dryrun",
+    "demo_restart",
+]
 
 
 def harness(tmp_path: Path, *args: str) -> None:

@@ -4,7 +4,16 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from bench.cases import big_frame, demo_restart, dryrun, import_, lock, merge, small_jobs
+from bench.cases import (
+    big_frame,
+    demo_restart,
+    dryrun,
+    fingerprint,
+    import_,
+    lock,
+    merge,
+    small_jobs,
+)
 from bench.harness import Measure
 from bench.results import Row
 
@@ -13,6 +22,7 @@ CASES: dict[str, Callable[[Measure], list[Row]]] = {
     "dryrun": dryrun.run,
     "merge": merge.run,
     "big_frame": big_frame.run,
+    "fingerprint": fingerprint.run,
     "demo_restart": demo_restart.run,
     "small_jobs": small_jobs.run,
     "lock": lock.run,
