@@ -38,7 +38,13 @@ from usher_pipeline.persistence.fingerprint import (
     fingerprint_source,
     schema_of,
 )
-from usher_pipeline.persistence.frames import relation_frame, to_polars, write_parquet
+from usher_pipeline.persistence.frames import (
+    load_memory_mb,
+    out_of_memory_named,
+    relation_frame,
+    to_polars,
+    write_parquet,
+)
 from usher_pipeline.persistence.sql import (
     parquet_source,
     quote_identifier,
@@ -95,6 +101,7 @@ class PipelineStore(StoreConnection):
         self.config_hash = config_hash
         self.load_memory_mb = load_memory_mb
         self._capped: duckdb.DuckDBPyConnection | None = None  # memory capped for loads
+        self._capped_mb = 0  # the limit set on it (MB)
         if not self.db_path.exists():  # create the file with `_checkpoints`, then let go
             with self.transaction():
                 pass
@@ -172,14 +179,18 @@ class PipelineStore(StoreConnection):
         validate_table_name(table_name)
         source = parquet_source(parquet_path)
         quoted = quote_identifier(table_name)
-        with self._write() as conn:
-            if self.load_memory_mb and conn is not self._capped:
+        limit: list[int] = []  # the memory limit of this load, for its out-of-memory error
+        with out_of_memory_named(table_name, limit), self._write() as conn:
+            if self.load_memory_mb:
                 # A load streams: a small buffer pool, kept until the connection closes and
                 # checkpoints, holds a job near its frame's size (DuckDB's default is 80% of
                 # the node's RAM, whatever the job was granted) at a small cost in the
-                # load's speed.
-                conn.execute(f"SET memory_limit = '{int(self.load_memory_mb)}MB'")
-                self._capped = conn
+                # load's speed. Wide files need more per row group: the limit grows to what
+                # the file's columns need, and never shrinks on the same connection.
+                limit.append(load_memory_mb(conn, parquet_path, self.load_memory_mb))
+                if conn is not self._capped or limit[-1] > self._capped_mb:
+                    conn.execute(f"SET memory_limit = '{limit[-1]}MB'")
+                    self._capped, self._capped_mb = conn, limit[-1]
             if replace or not table_in(conn, table_name):
                 conn.execute(f"CREATE OR REPLACE TABLE {quoted} AS SELECT * FROM {source}")
             else:
