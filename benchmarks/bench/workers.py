@@ -41,6 +41,22 @@ def w_make_frame(path: str, rows: int) -> dict[str, Any]:
     return {"frame_mb": frame.estimated_size() / MB}
 
 
+def w_make_shaped(path: str, columns: int, rows: int) -> dict[str, Any]:
+    """A frame of a gene column and `columns - 1` Float64 columns (an expression matrix)."""
+    import polars as pl
+
+    i = pl.int_range(0, rows, dtype=pl.Int64, eager=True)
+    frame = pl.DataFrame({"gene": i}).select(
+        pl.format("gene_{}", pl.col("gene")).alias("gene"),
+        *(
+            ((pl.col("gene").hash(c) % 1_000_003).cast(pl.Float64) / 1e3).alias(f"s{c}")
+            for c in range(1, columns)
+        ),
+    )
+    frame.write_parquet(path)
+    return {"frame_mb": frame.estimated_size() / MB}
+
+
 def w_save(variant: str, data: str, out: str) -> dict[str, Any]:
     import duckdb  # noqa: F401 - imported before the clock starts, as in a warm job
     import polars as pl
@@ -214,6 +230,7 @@ def w_merge(folder: str, n: int) -> dict[str, Any]:
 
 WORKERS: dict[str, Callable[..., dict[str, Any]]] = {
     "make_frame": w_make_frame,
+    "make_shaped": w_make_shaped,
     "save": w_save,
     "load": w_load,
     "make_steplogs": w_make_steplogs,

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
-from bench.harness import Measure, fresh, in_turn
+from bench.harness import FULL, Measure, fresh, in_turn
 from bench.results import Comparison, Row, Timing
 
 SAVES = ("store", "bare_duckdb", "polars_parquet")
 LOADS = ("load_dataframe", "bare_select", "job_read", "read_parquet")
+# (columns, rows) of the wide and the long frame, each saved at the default settings;
+# --quick saves a tenth of the rows
+SHAPES = {"wide": (2_000, 10_000), "long": (100, 1_000_000)}
 
 
 def run(measure: Measure) -> list[Row]:
@@ -66,4 +69,34 @@ def run(measure: Measure) -> list[Row]:
         Comparison(load, "load_dataframe", "bare_select", rss=True),
         Comparison(read, "job_read", "read_parquet", rss=True),
     ]
-    return measure.repeat("big frame", [save, parquet, memory, load, read], comparisons, repetition)
+    rows = measure.repeat("big frame", [save, parquet, memory, load, read], comparisons, repetition)
+    return rows + [row for shape in SHAPES for row in shaped(measure, shape)]
+
+
+def shaped(measure: Measure, shape: str) -> list[Row]:
+    """A wide or a long frame saved by Job.save at the default `store.load_memory_mb`,
+    against a bare DuckDB table (DuckDB's own memory limit); both processes' peak RSS."""
+    columns, rows = SHAPES[shape]
+    if measure.sizes.big_rows < FULL.big_rows:
+        rows //= 10
+    data = fresh(measure.work / shape) / "frame.parquet"
+    frame_mb = measure.worker("make_shaped", path=str(data), columns=columns, rows=rows)["frame_mb"]
+    row = Row(
+        f"save {columns:,} columns x {rows:,} rows ({shape}; Job.save at the default memory)",
+        "bare DuckDB CREATE TABLE AS SELECT * FROM df",
+        "report",
+        None,
+        extra=f"frame {frame_mb:.0f} MB (polars estimated_size)",
+    )
+
+    def repetition(rep: int) -> dict[str, Timing]:
+        timings = {}
+        for variant in in_turn(("store", "bare_duckdb"), rep):
+            out = fresh(measure.work / shape / variant)
+            timings[variant] = measure.timed_worker(
+                "save", variant=variant, data=str(data), out=str(out)
+            )
+        return timings
+
+    comparison = Comparison(row, "store", "bare_duckdb", rss=True)
+    return measure.repeat(f"{shape} frame", [row], [comparison], repetition)
