@@ -15,6 +15,8 @@ from pathlib import Path
 
 from usher_pipeline import __version__ as USHER_VERSION
 from usher_pipeline.config.hashing import config_hash
+from usher_pipeline.config.loader import check_config_file
+from usher_pipeline.errors import UsherError
 from usher_pipeline.settings import (
     DEFAULT_DATABASE_MODE,
     DEFAULT_LOGS_DIR,
@@ -25,6 +27,13 @@ from usher_pipeline.settings import (
 from usher_pipeline.workflow.fetch import remaining_share
 from usher_pipeline.workflow.layout import Layout
 from usher_pipeline.workflow.runguard import claim_workdir
+
+# YAML keeps the last of a key given twice in a config file: refuse that before any job runs.
+try:
+    for _usher_configfile in workflow.configfiles:
+        check_config_file(_usher_configfile)
+except UsherError as error:
+    sys.exit(f"usher_pipeline: {error}")
 
 # The registry of tables lives in the config, which Snakemake hands to a module as the same
 # object: the rules of a `module` given `config: config` see what was registered here.

@@ -725,6 +725,27 @@ def test_any_workflow_records_the_library_hash_of_its_config(tmp_path):
     assert _dry_run_hash(tmp_path, "--config", "results_dir=moved", "logs_dir=moved") == expected
 
 
+def test_any_workflow_refuses_a_config_file_that_names_a_key_twice(tmp_path):
+    (tmp_path / "config.yaml").write_text("count: 40\nstore: {}\ncount: 41\n", encoding="utf-8")
+    (tmp_path / "Snakefile").write_text(
+        'configfile: "config.yaml"\n'
+        f'include: "{REPO / "rules" / "library.smk"}"\n'
+        "rule all:\n"
+        "    output:\n"
+        '        "done.txt",\n'
+        "    shell:\n"
+        '        "touch {output}"\n',
+        encoding="utf-8",
+    )
+    done = subprocess.run(
+        [str(BIN / "snakemake"), "-n"], cwd=tmp_path, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode != 0
+    assert "names the key 'count' twice (lines 1 and 3): keep one of them" in done.stderr
+    assert "Traceback" not in done.stderr
+    assert not (tmp_path / "done.txt").exists()
+
+
 # --- slice and data_source_versions ---------------------------------------------------------
 
 

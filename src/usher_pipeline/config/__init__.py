@@ -8,6 +8,7 @@ from __future__ import annotations
 from usher_pipeline.config.hashing import config_hash
 from usher_pipeline.config.loader import (
     ConfigError,
+    check_config_file,
     load_config,
     load_config_with_overrides,
     validate_config_dict,
@@ -36,6 +37,7 @@ __all__ = [
     "ScoringWeights",
     "StoreConfig",
     "TierThresholds",
+    "check_config_file",
     "config_hash",
     "json_schema",
     "load_config",

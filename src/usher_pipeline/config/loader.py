@@ -58,6 +58,12 @@ def load_config(path: str | Path) -> PipelineConfig:
     return validate_config_dict(_read_yaml_mapping(path), str(path))
 
 
+def check_config_file(path: str | Path) -> None:
+    """Refuse a config file that is not a YAML mapping or names a key twice (YAML would
+    silently keep the last value): the check a workflow runs on each of its config files."""
+    _read_yaml_mapping(path)
+
+
 def load_config_with_overrides(path: str | Path, overrides: Mapping[str, Any]) -> PipelineConfig:
     """Read a YAML config, set `overrides` (dotted path -> value) into it, then validate.
 

@@ -134,9 +134,10 @@ class StoreConfig(BaseModel):
         ge=16,
         le=MAX_LOAD_MEMORY_MB,
         description=(
-            "DuckDB's memory limit (MB) while a job loads a table into the database (until its "
-            "connection closes): a save then needs about its frame's size plus 500 MB, whatever "
-            "the node's RAM (larger loads faster)."
+            "The least memory limit (MB) of DuckDB while a job loads a table into the database "
+            "(until its connection closes); a wide table's load is given what its columns need "
+            "when that is more. A save needs about its frame's size plus 500 MB, whatever the "
+            "node's RAM (larger loads faster); raise it if a load reports it ran out of memory."
         ),
     )
 

@@ -114,7 +114,9 @@ def fingerprint_parquet(path: str | Path) -> tuple[str, int]:
     """(fingerprint, row count) of a Parquet file, read by an in-memory DuckDB (no store lock)."""
     import duckdb
 
-    with duckdb.connect() as conn:
+    from usher_pipeline.persistence.connection import NO_EXTENSIONS
+
+    with duckdb.connect(config=NO_EXTENSIONS) as conn:
         return fingerprint_source(conn, parquet_source(path))
 
 
