@@ -21,6 +21,7 @@ import duckdb
 import numpy as np
 import pandas as pd
 import polars as pl
+import pyarrow as pa
 import pytest
 
 from usher_pipeline.config import ConfigError, load_config
@@ -137,6 +138,64 @@ REFUSED_FRAMES = {
     "dict_object": (lambda: {"a": [1]}, UnsupportedFrameType),
     "numpy_array": (lambda: np.arange(3), UnsupportedFrameType),
     "polars_series": (lambda: pl.Series("a", [1]), UnsupportedFrameType),
+    "pandas_index_named_like_a_column": (
+        lambda: pd.DataFrame({"gene": ["a"]}, index=pd.Index(["x"], name="gene")),
+        InvalidFrame,
+    ),
+    "pandas_period": (
+        lambda: pd.DataFrame({"m": pd.period_range("2025-01", periods=2, freq="M")}),
+        InvalidFrame,
+    ),
+    "pandas_period_index": (
+        lambda: pd.DataFrame({"n": [1]}, index=pd.period_range("2025-01", periods=1, freq="M")),
+        InvalidFrame,
+    ),
+    "pandas_interval": (
+        lambda: pd.DataFrame({"i": pd.arrays.IntervalArray.from_breaks([0, 1, 2])}),
+        InvalidFrame,
+    ),
+    "struct_fields_differing_in_case": (
+        lambda: pl.DataFrame({"s": [{"a": 1, "A": 2}]}),
+        InvalidFrame,
+    ),
+    "struct_fields_differing_in_case_deep": (
+        lambda: pl.DataFrame({"s": [{"x": [{"gene": 1, "Gene": 2}]}]}),
+        InvalidFrame,
+    ),
+    "empty_struct": (lambda: pl.DataFrame({"s": [{}]}, schema={"s": pl.Struct([])}), InvalidFrame),
+    "arrow_empty_struct": (
+        lambda: pa.table({"s": pa.array([{}], pa.struct([]))}),
+        InvalidFrame,
+    ),
+    "arrow_duplicate_columns": (
+        lambda: pa.Table.from_arrays([pa.array([1]), pa.array([2])], names=["a", "a"]),
+        InvalidFrame,
+    ),
+    "arrow_interval": (
+        lambda: pa.table({"i": pa.array([pa.MonthDayNano([1, 2, 3])])}),
+        InvalidFrame,
+    ),
+    "arrow_union": (
+        lambda: pa.table(
+            {"u": pa.UnionArray.from_sparse(pa.array([0], pa.int8()), [pa.array([1])])}
+        ),
+        InvalidFrame,
+    ),
+    "arrow_decimal256": (
+        lambda: pa.table({"d": pa.array([Decimal("1.5")], pa.decimal256(40, 1))}),
+        InvalidFrame,
+    ),
+    "arrow_decimal256_in_struct": (
+        lambda: pa.table(
+            {"s": pa.array([{"d": Decimal("1")}], pa.struct([("d", pa.decimal256(10, 0))]))}
+        ),
+        InvalidFrame,
+    ),
+    "lazyframe_failing_cast": (
+        lambda: pl.LazyFrame({"a": ["x"]}).with_columns(pl.col("a").cast(pl.Int64)),
+        InvalidFrame,
+    ),
+    "lazyframe_missing_column": (lambda: pl.LazyFrame({"a": [1]}).select("b"), InvalidFrame),
 }
 
 

@@ -166,17 +166,13 @@ def test_arrow_duplicate_column_names_are_refused(store: PipelineStore) -> None:
     [
         (pa.array([pa.MonthDayNano([1, 2, 3])], pa.month_day_nano_interval()), "interval"),
         (
-            pa.UnionArray.from_sparse(
-                pa.array([0], pa.int8()), [pa.array([1]), pa.array(["x"])]
-            ),
+            pa.UnionArray.from_sparse(pa.array([0], pa.int8()), [pa.array([1]), pa.array(["x"])]),
             "union",
         ),
         (pa.array([Decimal("1.5")], pa.decimal256(40, 1)), "decimal256"),
         (pa.array([Decimal("1.5")], pa.decimal256(10, 1)), "decimal256"),
         (
-            pa.array(
-                [[pa.MonthDayNano([1, 2, 3])]], pa.list_(pa.month_day_nano_interval())
-            ),
+            pa.array([[pa.MonthDayNano([1, 2, 3])]], pa.list_(pa.month_day_nano_interval())),
             "interval",
         ),
     ],
