@@ -25,6 +25,7 @@ from usher_pipeline.settings import (
     TABLE_NAME_PATTERN,
 )
 from usher_pipeline.workflow.fetch import remaining_share
+from usher_pipeline.workflow.interpreter import plain_interpreter
 from usher_pipeline.workflow.layout import Layout
 from usher_pipeline.workflow.runguard import claim_workdir
 
@@ -61,41 +62,8 @@ if workflow.current_basedir.is_local:
     )
 
 
-def usher_plain_interpreter(executable, prefix):
-    """`executable` by a path without whitespace: itself, or through a symlink to its
-    environment `prefix` (so that a venv stays a venv) in the temporary folder. Snakemake
-    runs a `script:` job as `<interpreter> <script>` without quoting the interpreter, so from
-    a checkout or venv whose path holds a space every job would exit with 127."""
-    import hashlib
-    import tempfile
-
-    if not any(c.isspace() for c in executable):
-        return executable
-    root, inner = Path(prefix), Path(executable)
-    if not inner.is_relative_to(root):
-        root = inner.parent
-    folder = Path(tempfile.gettempdir())
-    digest = hashlib.sha256(str(root).encode()).hexdigest()[:16]
-    link = folder / f"usher_pipeline-python-{os.getuid()}-{digest}"
-    try:
-        if any(c.isspace() for c in str(folder)):
-            raise OSError(0, "the temporary folder's path holds a space too")
-        if not (link.is_symlink() and os.readlink(link) == str(root)):
-            staging = link.with_name(f".{link.name}.{os.getpid()}")
-            staging.unlink(missing_ok=True)
-            staging.symlink_to(root, target_is_directory=True)
-            os.replace(staging, link)
-    except OSError as error:
-        print(
-            f"usher_pipeline: cannot link {root} to {link} ({error.strerror}): jobs may fail "
-            "with exit code 127; move the checkout to a path without spaces",
-            file=sys.stderr,
-        )
-        return executable
-    return str(link / inner.relative_to(root))
-
-
-sys.executable = usher_plain_interpreter(sys.executable, sys.prefix)
+# Snakemake runs script jobs with an unquoted interpreter path (workflow/interpreter.py).
+sys.executable = plain_interpreter(sys.executable, sys.prefix)
 # Resume with the same command after a hard kill: the main process holds a run lock for its
 # lifetime, and Snakemake locks that no live run holds are cleared (see workflow/runguard.py).
 if workflow.is_main_process:

@@ -5,7 +5,9 @@ neither a DuckDB connection nor a lock. Each operation takes the lock file besid
 database (shared for reads, exclusive for writes), opens DuckDB, works in one transaction and
 closes it. `with store.transaction():` groups operations under one lock and one transaction.
 The connections, transactions and sessions are in `connection.StoreConnection`; this module
-holds what the store does with tables, checkpoints and provenance rows.
+holds what the store does with tables, checkpoints and provenance rows. It runs past 450
+lines because it is the one public face of the store: every operation a user calls is a
+method here, and the parts it uses (frames, SQL, catalog, appends) live in their own modules.
 """
 
 from __future__ import annotations
