@@ -6,7 +6,8 @@ from __future__ import annotations
 import subprocess
 import sys
 import textwrap
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -23,6 +24,41 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="seed of the random kills of tests/test_faults.py, to replay a failure "
         "(default: $USHER_FAULT_SEED, else a fresh random seed)",
     )
+
+
+@contextmanager
+def mounted_read_only(folder: Path) -> Iterator[Path]:
+    """`folder` bind-mounted read-only over itself for the block (root only: root ignores
+    file modes, so a read-only mount is the way to make a folder unwritable for it)."""
+    steps = [
+        ["mount", "--bind", str(folder), str(folder)],
+        ["mount", "-o", "remount,bind,ro", str(folder)],
+    ]
+    for step in steps:
+        done = subprocess.run(step, capture_output=True, text=True)
+        if done.returncode != 0:
+            pytest.fail(f"cannot make {folder} read-only ({done.stderr.strip()}): run as root")
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", str(folder)], check=True)
+
+
+@contextmanager
+def mounted_tmpfs(folder: Path, size: str) -> Iterator[Path]:
+    """A tmpfs of `size` (e.g. "3m") mounted at `folder` for the block (root only)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)],
+        capture_output=True,
+        text=True,
+    )
+    if done.returncode != 0:
+        pytest.fail(f"cannot mount a tmpfs at {folder} ({done.stderr.strip()}): run as root")
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", "-l", str(folder)], check=True)
 
 
 @pytest.fixture

@@ -23,6 +23,7 @@ import pandas as pd
 import polars as pl
 import pyarrow as pa
 import pytest
+from conftest import mounted_read_only
 
 from usher_pipeline.config import ConfigError, load_config
 from usher_pipeline.errors import UsherError
@@ -543,20 +544,9 @@ def test_truncated_store_file_is_reported_not_misread(committed, tmp_path, keep)
 
 @pytest.fixture
 def read_only_store(committed):
-    """The committed store's folder bind-mounted read-only over itself (root only)."""
-    folder = committed.db.parent
-    steps = [
-        ["mount", "--bind", str(folder), str(folder)],
-        ["mount", "-o", "remount,bind,ro", str(folder)],
-    ]
-    for step in steps:
-        done = subprocess.run(step, capture_output=True, text=True)
-        if done.returncode != 0:
-            pytest.fail(f"cannot make {folder} read-only ({done.stderr.strip()}): run as root")
-    try:
+    """The committed store's folder, made read-only."""
+    with mounted_read_only(committed.db.parent):
         yield committed
-    finally:
-        subprocess.run(["umount", str(folder)], check=True)
 
 
 def test_store_on_a_read_only_folder_refuses_writes_and_still_reads(read_only_store):

@@ -6,11 +6,11 @@ from __future__ import annotations
 import io
 import json
 import os
-import subprocess
 import zipfile
 from pathlib import Path
 
 import pytest
+from conftest import mounted_read_only, mounted_tmpfs
 from test_cli import REPO, make_demo_run, run_snakemake
 
 from usher_pipeline.cli import main
@@ -168,21 +168,11 @@ def test_rocrate_export_refuses_a_non_empty_directory(in_run, tmp_path, capsys):
 
 @pytest.fixture
 def read_only_folder(tmp_path: Path):
-    """An empty folder bind-mounted read-only over itself (root only: root ignores modes)."""
+    """An empty folder that cannot be written to."""
     folder = tmp_path / "read-only"
     folder.mkdir()
-    steps = [
-        ["mount", "--bind", str(folder), str(folder)],
-        ["mount", "-o", "remount,bind,ro", str(folder)],
-    ]
-    for step in steps:
-        done = subprocess.run(step, capture_output=True, text=True)
-        if done.returncode != 0:
-            pytest.fail(f"cannot make {folder} read-only ({done.stderr.strip()}): run as root")
-    try:
+    with mounted_read_only(folder):
         yield folder
-    finally:
-        subprocess.run(["umount", str(folder)], check=True)
 
 
 SNAKEFILE = {"export-prov": [], "export-rocrate": ["--snakefile", str(REPO / "Snakefile")]}
@@ -230,22 +220,11 @@ def test_rocrate_export_fills_an_existing_empty_directory(in_run, tmp_path, caps
 
 
 def test_rocrate_export_that_fills_the_disk_leaves_no_half_written_crate(in_run, tmp_path, capsys):
-    disk = tmp_path / "disk"
-    disk.mkdir()
-    done = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(disk)],
-        capture_output=True,
-        text=True,
-    )
-    if done.returncode != 0:
-        pytest.fail(f"cannot mount a tmpfs at {disk} ({done.stderr.strip()}): run as root")
-    try:
+    with mounted_tmpfs(tmp_path / "disk", "64k") as disk:
         assert main(["export-rocrate", str(disk / "crate"), *SNAKEFILE["export-rocrate"]]) == 1
         err = one_line_error(capsys)
         assert "No space left on device" in err and str(disk / "crate") in err
         assert list(disk.iterdir()) == []
-    finally:
-        subprocess.run(["umount", "-l", str(disk)], check=True)
 
 
 # -- the run's step logs -------------------------------------------------------------------

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 import pytest
+from conftest import mounted_tmpfs
 
 from usher_pipeline.errors import UsherError
 from usher_pipeline.persistence import PipelineStore
@@ -185,18 +186,9 @@ def test_job_killed_after_its_commit_is_fixed_by_the_rerun(tmp_path, point):
 
 @pytest.fixture
 def small_disk(tmp_path):
-    """A 3 MB tmpfs mounted for the test (needs root), unmounted after it."""
-    mount = tmp_path / "disk"
-    mount.mkdir()
-    done = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(mount)],
-        capture_output=True,
-        text=True,
-    )
-    if done.returncode != 0:
-        pytest.fail(f"cannot mount a tmpfs at {mount} ({done.stderr.strip()}): run as root")
-    yield mount
-    subprocess.run(["umount", "-l", str(mount)], check=True)
+    """A 3 MB tmpfs mounted for the test, unmounted after it."""
+    with mounted_tmpfs(tmp_path / "disk", "3m") as mount:
+        yield mount
 
 
 def leftovers(folder: Path) -> list[str]:
