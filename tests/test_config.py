@@ -708,18 +708,17 @@ def test_the_demo_workflow_records_the_models_hash_wherever_it_runs(tmp_path):
     assert _dry_run_hash(workdir, "--config", "demo={'gene_limit': 200}") == changed
 
 
-def test_any_workflow_records_the_library_hash_of_its_config(tmp_path):
-    (tmp_path / "Snakefile").write_text(
-        'config.setdefault("count", 40)\n'
-        f'include: "{REPO / "rules" / "library.smk"}"\n'
-        f"{PRINT_HASH}\n"
-        "rule all:\n"
-        "    output:\n"
-        '        "done.txt",\n'
-        "    shell:\n"
-        '        "touch {output}"\n',
+def write_library_workflow(folder: Path, head: str, tail: str = "") -> None:
+    """A one-rule workflow in `folder` that includes the library between `head` and `tail`."""
+    (folder / "Snakefile").write_text(
+        f'{head}include: "{REPO / "rules" / "library.smk"}"\n{tail}'
+        'rule all:\n    output:\n        "done.txt",\n    shell:\n        "touch {output}"\n',
         encoding="utf-8",
     )
+
+
+def test_any_workflow_records_the_library_hash_of_its_config(tmp_path):
+    write_library_workflow(tmp_path, 'config.setdefault("count", 40)\n', f"{PRINT_HASH}\n")
     expected = config_hash({"count": 40})
     assert _dry_run_hash(tmp_path) == expected
     assert _dry_run_hash(tmp_path, "--config", "results_dir=moved", "logs_dir=moved") == expected
@@ -727,16 +726,7 @@ def test_any_workflow_records_the_library_hash_of_its_config(tmp_path):
 
 def test_any_workflow_refuses_a_config_file_that_names_a_key_twice(tmp_path):
     (tmp_path / "config.yaml").write_text("count: 40\nstore: {}\ncount: 41\n", encoding="utf-8")
-    (tmp_path / "Snakefile").write_text(
-        'configfile: "config.yaml"\n'
-        f'include: "{REPO / "rules" / "library.smk"}"\n'
-        "rule all:\n"
-        "    output:\n"
-        '        "done.txt",\n'
-        "    shell:\n"
-        '        "touch {output}"\n',
-        encoding="utf-8",
-    )
+    write_library_workflow(tmp_path, 'configfile: "config.yaml"\n')
     done = subprocess.run(
         [str(BIN / "snakemake"), "-n"], cwd=tmp_path, capture_output=True, text=True, timeout=300
     )
