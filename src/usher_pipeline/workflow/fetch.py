@@ -60,8 +60,19 @@ def progress_path(sentinel: str | Path) -> Path:
 
 
 def write_progress(path: Path, committed: int, total: int) -> None:
-    """Note that `committed` of `total` batches are committed (atomic, not synced: a hint)."""
-    write_json_atomic(path, {"batches_committed": committed, "batches_total": total})
+    """Note that `committed` of `total` batches are committed (atomic, not synced: a hint).
+
+    Another job that finishes removes the shared `.partial` folder once it looks empty, which
+    can fall between this write's creating the folder and its opening the temporary file:
+    the write then creates the folder again and retries.
+    """
+    for attempt in range(5):
+        try:
+            write_json_atomic(path, {"batches_committed": committed, "batches_total": total})
+            return
+        except FileNotFoundError:
+            if attempt == 4:
+                raise
 
 
 def remaining_share(sentinel: str | Path) -> float:
