@@ -269,6 +269,24 @@ def cmd_export_prov(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+# -- init: a new workflow that uses the library -------------------------------------------
+
+
+def cmd_init(args: argparse.Namespace, settings: Settings | None) -> int:
+    """Write a new workflow into an empty folder (usher_pipeline.scaffold)."""
+    import shlex
+
+    from usher_pipeline.scaffold import init_workflow
+
+    written = init_workflow(args.folder, name=args.name)
+    print(f"wrote {len(written)} files into {args.folder}; run it with:")
+    print(f"  cd {shlex.quote(str(args.folder))} && snakemake --cores 2")
+    return 0
+
+
+# -- end of init ---------------------------------------------------------------------------
+
+
 def cmd_export_rocrate(args: argparse.Namespace, settings: Settings) -> int:
     """Write the run as a Workflow Run RO-Crate (Provenance Run Crate profile)."""
     from usher_pipeline.export.rocrate import write_rocrate
@@ -357,6 +375,11 @@ def build_parser() -> argparse.ArgumentParser:
     crate.add_argument(
         "--snakefile", metavar="FILE", help="the workflow's Snakefile (default: ./Snakefile)"
     )
+    init_help = "write a new workflow that uses the library into DIR"
+    init = sub.add_parser("init", help=init_help, description=init_help)
+    init.set_defaults(func=cmd_init, needs_settings=False)  # writes a new folder, reads no run
+    init.add_argument("folder", metavar="DIR", help="a new or empty folder")
+    init.add_argument("--name", help="the workflow's name (default: the folder's name)")
     return parser
 
 
