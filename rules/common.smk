@@ -38,8 +38,7 @@ HPO = {role: str(HPO_DIR / name) for role, name in HPO_FILES.items()}
 USHER.register("hpo_terms")
 USHER.register("known_usher_genes")
 USHER.register("gene_universe")
-for _layer in LAYERS:
-    USHER.register(f"evidence_{_layer}")
+USHER.register("evidence_{layer}", layer=LAYERS)
 USHER.register("gene_evidence")
 USHER.register("gene_scores")
 USHER.register(

@@ -26,7 +26,7 @@ from usher_pipeline.settings import (
 )
 from usher_pipeline.workflow.fetch import remaining_share
 from usher_pipeline.workflow.interpreter import plain_interpreter
-from usher_pipeline.workflow.layout import Layout
+from usher_pipeline.workflow.layout import Layout, new_registry, rule_paths
 from usher_pipeline.workflow.runguard import claim_workdir
 
 # YAML keeps the last of a key given twice in a config file: refuse that before any job runs.
@@ -38,12 +38,13 @@ except UsherError as error:
 
 # The registry of tables lives in the config, which Snakemake hands to a module as the same
 # object: the rules of a `module` given `config: config` see what was registered here.
-USHER_REGISTRY = config.setdefault("_usher_registry", {"tables": {}, "files": {}})
+# Table patterns ("stats_{chrom}") are expanded when provenance.smk is included.
+USHER_REGISTRY = config.setdefault("_usher_registry", new_registry())
 USHER = Layout(
     results_dir=str(config.get("results_dir", DEFAULT_RESULTS_DIR)),
     logs_dir=str(config.get("logs_dir", DEFAULT_LOGS_DIR)),
-    tables=USHER_REGISTRY["tables"],
-    files=USHER_REGISTRY["files"],
+    registry=USHER_REGISTRY,
+    exit_on_error=True,
 )
 # Written by the workflow, read by the job helpers: what identifies this run's config. The
 # hash leaves out paths, store and API settings (config/hashing.py, config/README.md).

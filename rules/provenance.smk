@@ -2,6 +2,11 @@
 # and rows of the store's _provenance table. Include after every USHER.register(...).
 
 
+# The provenance rule's outputs are fixed here: table patterns take the values that the
+# rules defined so far name (and those given at registration), or stop the run.
+USHER.expand_patterns(rule_paths(workflow.rules))
+
+
 include: "ingest.smk"
 
 
