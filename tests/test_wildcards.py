@@ -49,6 +49,7 @@ rule chrom_stats:
         steplog=USHER.steplog("chrom_stats_{{chrom}}"),
     log:
         USHER.log("chrom_stats", "chrom_stats_{{chrom}}"),
+    priority: usher_fetch_priority("chrom_stats_{{chrom}}")
     params:
         length=lambda wildcards: config["lengths"][wildcards.chrom],
     script:
@@ -101,7 +102,11 @@ with Job(snakemake) as job:
     length = int(snakemake.params.length)
     job.record_data_source("assembly", "toy-1")
     job.record_step("positions", {"chrom": chrom, "rows": length})
-    frame = pl.DataFrame({"chrom": [chrom] * length, "position": list(range(length))})
+    frame = job.fetch(
+        list(range(length)),
+        lambda batch: pl.DataFrame({"chrom": [chrom] * len(batch), "position": batch}),
+        batch_size=2,
+    )
     job.save(frame, description=f"positions on {chrom}")
 """
 
@@ -192,12 +197,14 @@ def test_one_pattern_registers_every_chromosome_table(tmp_path, registration, mo
         assert sidecar["output"]["path"] == sentinel
         assert sidecar["output"]["fingerprint"] == fingerprint
     for chrom in CHROMS:
-        count = stored(workdir, f"SELECT count(*) FROM chrom_stats_{chrom}")[0][0]
-        assert count == LENGTHS[chrom]
         steplog = json.loads((workdir / f"results/steplogs/chrom_stats_{chrom}.json").read_text())
         assert steplog["rule"] == "chrom_stats"
         assert steplog["wildcards"] == {"chrom": chrom}
         assert steplog["data_sources"] == {"assembly": "toy-1"}
+        fetched = [s for s in steplog["steps"] if s["step_name"] == "batched_fetch"]
+        assert len(fetched) == 1
+        positions = stored(workdir, f"SELECT chrom, position FROM chrom_stats_{chrom}")
+        assert sorted(positions) == [(chrom, i) for i in range(LENGTHS[chrom])]
 
     report = pl.read_csv(workdir / "results/final/chrom_summary.tsv", separator="\t")
     assert dict(report.iter_rows()) == {f"chrom_stats_{c}": LENGTHS[c] for c in CHROMS}
