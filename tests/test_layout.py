@@ -81,6 +81,21 @@ def test_a_concrete_table_is_not_taken_for_a_value_of_a_pattern():
     assert layout.tables == {"stats_summary": "stats_summary", "stats_chr1": "stats_chr1"}
 
 
+def test_a_path_two_patterns_match_goes_to_the_more_specific_one():
+    layout = Layout()
+    layout.register("stats_{chrom}")
+    layout.register("stats_{chrom}_depth")
+    layout.expand_patterns(
+        [
+            ("results/tables/stats_chr1_depth.parquet", "rule report"),
+            ("results/tables/stats_chr1.parquet", "rule report"),
+        ]
+    )
+    assert layout.patterns["stats_{chrom}"]["values"] == [{"chrom": "chr1"}]
+    assert layout.patterns["stats_{chrom}_depth"]["values"] == [{"chrom": "chr1"}]
+    assert set(layout.tables) == {"stats_chr1", "stats_chr1_depth"}
+
+
 def test_a_pattern_without_values_when_provenance_is_defined_asks_for_them():
     layout = Layout()
     layout.register("chrom_stats_{chrom}")

@@ -219,7 +219,7 @@ class Layout:
             if not tables and steplog is None:
                 raise LayoutError("register() needs at least one table or a steplog name")
             name = steplog or tables[0]
-            paths = [os.path.normpath(path) for path in files]
+            paths = [str(path) for path in files]
             wildcards = wildcard_names(name)
             if not wildcards and not any(map(wildcard_names, (*tables, *paths))):
                 if values:
@@ -278,18 +278,25 @@ class Layout:
         refused. rules/provenance.smk calls this before it defines the provenance rule."""
         try:
             matchers = [
-                (name, pattern_regex(path))
+                (name, pattern_regex(os.path.normpath(path)), _fixed_length(path))
                 for name, entry in self.patterns.items()
                 for path in (*map(self.sentinel, entry["tables"]), *entry["files"])
             ]
-            registered = {*map(self.sentinel, self.tables), *self.files}
+            registered = {
+                os.path.normpath(p) for p in (*map(self.sentinel, self.tables), *self.files)
+            }
             for path, source in paths:
                 path = os.path.normpath(path)
                 if path in registered or "{" in path or "}" in path:
                     continue
-                for name, regex in matchers:
-                    match = regex.fullmatch(path)
-                    if match:
+                found = [
+                    (m, name, fixed) for name, r, fixed in matchers if (m := r.fullmatch(path))
+                ]
+                # a path that two patterns match ("stats_{c}", "stats_{c}_depth") belongs to
+                # the one that fixes more of it, as the more specific rule output would
+                most = max((fixed for _m, _name, fixed in found), default=0)
+                for match, name, fixed in found:
+                    if fixed == most:
                         self._add(name, match.groupdict(), source)
             for first, call in self._unvalued():
                 raise LayoutError(
@@ -391,6 +398,11 @@ class Layout:
         """The step log of every job that saves a registered table, without repeats."""
         self._concrete()
         return [self.steplog(name) for name in dict.fromkeys(self.tables.values())]
+
+
+def _fixed_length(pattern: str) -> int:
+    """How many characters of `pattern` are not wildcards."""
+    return sum(len(literal) for literal, *_rest in string.Formatter().parse(pattern))
 
 
 def _fragment(value: str) -> bool:
