@@ -63,9 +63,9 @@ def library_path(name: str = "") -> Path:
                 )
             return target
     raise LibraryNotFound(
-        f"the usher_pipeline package in {checkout} was installed without its rules/ folder: "
-        f"install it from its checkout with `pip install -e CHECKOUT`, or set {ROOT_VARIABLE} "
-        "to that checkout"
+        f"the usher_pipeline package in {Path(__file__).resolve().parent} was installed without "
+        "the rules/ folder of its checkout: install it with `pip install -e CHECKOUT`, or set "
+        f"{ROOT_VARIABLE} to the checkout"
     )
 
 
