@@ -23,8 +23,9 @@ try:
 except UsherError as error:
     sys.exit(f"usher_pipeline: {error}")
 
-# Jobs and the library read the validated config, defaults filled in: the config hash that
-# library.smk takes of it is then CFG.config_hash().
+# Jobs and the library read the validated config, defaults filled in (library.smk then
+# checks the library's keys of it again, as in any workflow). Each rule gets only the settings
+# it uses as params: its config slice, whose hash its step log records.
 config.update(CFG.model_dump(mode="json"))
 
 

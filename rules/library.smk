@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 from usher_pipeline import __version__ as USHER_VERSION
-from usher_pipeline.config.hashing import config_hash
+from usher_pipeline.config.library import validate_library_config
 from usher_pipeline.config.loader import check_config_file
 from usher_pipeline.errors import UsherError
 from usher_pipeline.settings import (
@@ -30,9 +30,12 @@ from usher_pipeline.workflow.layout import Layout, new_registry, rule_paths
 from usher_pipeline.workflow.runguard import claim_workdir
 
 # YAML keeps the last of a key given twice in a config file: refuse that before any job runs.
+# Then the library's own keys (paths, workflow_name, store, api, versions): a misspelt one, a
+# wrong type or bound stops the run in one line; the workflow's own keys stay free.
 try:
     for _usher_configfile in workflow.configfiles:
         check_config_file(_usher_configfile)
+    validate_library_config(config, workflow.configfiles)
 except UsherError as error:
     sys.exit(f"usher_pipeline: {error}")
 
@@ -46,12 +49,9 @@ USHER = Layout(
     registry=USHER_REGISTRY,
     exit_on_error=True,
 )
-# Written by the workflow, read by the job helpers: what identifies this run's config. The
-# hash leaves out paths, store and API settings (config/hashing.py, config/README.md).
-config.setdefault(
-    RUNTIME_KEY,
-    {"config_hash": config_hash(config), "pipeline_version": USHER_VERSION},
-)
+# Written by the workflow, read by the job helpers. No hash of the whole config: each job
+# records the hash of its own slice, its params (config/hashing.py, config/README.md).
+config.setdefault(RUNTIME_KEY, {"pipeline_version": USHER_VERSION})
 USHER_DATABASE_MODE = str(
     (config.get("store") or {}).get("database_mode", DEFAULT_DATABASE_MODE)
 )

@@ -10,7 +10,6 @@ with user_errors(log, "rule provenance"):
     merge_provenance(
         list(snakemake.input.steplogs),
         pipeline_version=snakemake.params.pipeline_version,
-        config_hash=snakemake.params.config_hash,
         data_source_versions=dict(snakemake.params.data_source_versions),
         run_record=snakemake.output.run,
         store=StoreSettings.from_config(snakemake.config).store(),

@@ -752,7 +752,6 @@ def merge(steplogs: list[Path], committed: Committed) -> dict:
     return merge_provenance(
         steplogs,
         pipeline_version="test",
-        config_hash=None,
         data_source_versions={},
         store=committed.store,
     )

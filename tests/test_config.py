@@ -5,7 +5,6 @@ from __future__ import annotations
 import copy
 import json
 import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -23,15 +22,21 @@ from usher_pipeline.config import (
     DemoConfig,
     FetchConfig,
     LayerConfig,
+    LibraryConfig,
+    LibraryConfigError,
+    LibrarySettings,
     PipelineConfig,
     ScoringWeights,
     StoreConfig,
     TierThresholds,
     config_hash,
+    jobs_config_hash,
     json_schema,
     load_config,
     load_config_with_overrides,
+    slice_hash,
     validate_config_dict,
+    validate_library_config,
 )
 
 REPO = Path(__file__).resolve().parents[1]
@@ -305,6 +310,28 @@ def test_medium_tier_must_be_below_high(high, medium):
 def test_unknown_key_is_an_error_at_every_level(dotted, shown):
     message = error_of(with_value(dotted, 1))
     assert f"extra key {shown!r} is not allowed (check spelling)" in message
+
+
+@pytest.mark.parametrize(
+    ("dotted", "nearest"),
+    [
+        ("store.database_mod", "store.database_mode"),
+        ("stor", "store"),
+        ("result_dir", "results_dir"),
+        ("api.max_retrys", "api.max_retries"),
+        ("demo.fetch.batchsize", "demo.fetch.batch_size"),
+        ("demo.layers.hearing.weights", "demo.layers.hearing.weight"),
+        ("demo.tiers.low", None),
+        ("foo", None),
+    ],
+)
+def test_the_demos_unknown_key_names_the_nearest_known_one(dotted, nearest):
+    message = error_of(with_value(dotted, 1))
+    refused = f"extra key {dotted!r} is not allowed (check spelling)"
+    if nearest is None:
+        assert message == f"config/x.yaml is invalid: {refused}"
+    else:
+        assert message == f"config/x.yaml is invalid: {refused}: did you mean {nearest!r}?"
 
 
 @pytest.mark.parametrize(
@@ -670,44 +697,6 @@ def test_library_hash_leaves_out_further_paths_and_keeps_its_input():
     assert own == before
 
 
-def _dry_run_hash(workdir: Path, *args: str) -> str:
-    """The config hash that a dry run of the workflow in `workdir` hands its jobs."""
-    done = subprocess.run(
-        [str(BIN / "snakemake"), "-n", *args],
-        cwd=workdir,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    found = re.findall(r"^config hash: (\S+)$", done.stderr, flags=re.MULTILINE)
-    assert done.returncode == 0 and found, f"{done.stdout}\n{done.stderr}"
-    return str(found[0])
-
-
-PRINT_HASH = (
-    "\nimport sys\n"
-    "print('config hash:', config['_usher']['config_hash'], file=sys.stderr)\n"
-    "assert config['_usher']['pipeline_version'] == __import__('usher_pipeline').__version__\n"
-)
-
-
-def test_the_demo_workflow_records_the_models_hash_wherever_it_runs(tmp_path):
-    workdir = tmp_path / "demo"
-    workdir.mkdir()
-    for name in ("Snakefile", "rules", "scripts", "config", "envs", "report"):
-        source = REPO / name
-        copy_tree = shutil.copytree if source.is_dir() else shutil.copy2
-        copy_tree(source, workdir / name)
-    with open(workdir / "Snakefile", "a", encoding="utf-8") as snakefile:
-        snakefile.write(PRINT_HASH)
-    expected = load_config(EMBEDDED).config_hash()
-    assert _dry_run_hash(workdir) == expected
-    moved = ("results_dir=/scratch/moved", "duckdb_path=/scratch/moved/p.duckdb")
-    assert _dry_run_hash(workdir, "--config", *moved) == expected
-    changed = load_config_with_overrides(EMBEDDED, {"demo.gene_limit": 200}).config_hash()
-    assert _dry_run_hash(workdir, "--config", "demo={'gene_limit': 200}") == changed
-
-
 def write_library_workflow(folder: Path, head: str, tail: str = "") -> None:
     """A one-rule workflow in `folder` that includes the library between `head` and `tail`."""
     (folder / "Snakefile").write_text(
@@ -717,23 +706,345 @@ def write_library_workflow(folder: Path, head: str, tail: str = "") -> None:
     )
 
 
-def test_any_workflow_records_the_library_hash_of_its_config(tmp_path):
-    write_library_workflow(tmp_path, 'config.setdefault("count", 40)\n', f"{PRINT_HASH}\n")
-    expected = config_hash({"count": 40})
-    assert _dry_run_hash(tmp_path) == expected
-    assert _dry_run_hash(tmp_path, "--config", "results_dir=moved", "logs_dir=moved") == expected
+def snakemake_in(folder: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """`snakemake ARGS` run in `folder` (outside the repository)."""
+    return subprocess.run(
+        [str(BIN / "snakemake"), *args], cwd=folder, capture_output=True, text=True, timeout=300
+    )
+
+
+# --- the library's keys in any workflow's config ---------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("config", "message"),
+    [
+        (
+            {"store": {"database_mod": "head"}},
+            "config key store.database_mod is not a library setting: did you mean "
+            "store.database_mode?",
+        ),
+        (
+            {"api": {"max_retrys": 3}},
+            "config key api.max_retrys is not a library setting: did you mean api.max_retries?",
+        ),
+        (
+            {"api": {"per_source": {}}},
+            "config key api.per_source is not a library setting: api takes cache_ttl_seconds, "
+            "max_retries, rate_limit_per_second, timeout_seconds",
+        ),
+        *(
+            (
+                {typo: "x"},
+                f"config key {typo} is not a library setting: did you mean {key}? (rename it "
+                "if it is your workflow's own key)",
+            )
+            for typo, key in [
+                ("result_dir", "results_dir"),
+                ("duckdb_pth", "duckdb_path"),
+                ("stor", "store"),
+                ("Store", "store"),
+                ("version", "versions"),
+                ("log_dir", "logs_dir"),
+                ("workflow_nam", "workflow_name"),
+            ]
+        ),
+        (
+            {"store": {"lock_timeout_seconds": -1}},
+            "config key store.lock_timeout_seconds is invalid: Input should be greater than 0 "
+            "(got -1)",
+        ),
+        (
+            {"store": {"database_mode": "heads"}},
+            "config key store.database_mode is invalid: Input should be 'job' or 'head' "
+            "(got 'heads')",
+        ),
+        (
+            {"store": 5},
+            "config key store must be a section (a mapping of keys to values), not a number",
+        ),
+        (
+            {"results_dir": None},
+            "config key results_dir is null: set a value, or leave the key out",
+        ),
+        (
+            {"results_dir": ["a"]},
+            "config key results_dir must be a path (a string), not a list",
+        ),
+        (
+            {"versions": {"hpo": ["2025"]}},
+            "config key versions.hpo is invalid: a version must be one string or number, such "
+            "as '2025-01-16', not a list",
+        ),
+        (
+            {"workflow_name": ""},
+            "config key workflow_name is invalid: String should have at least 1 character (got '')",
+        ),
+    ],
+)
+def test_a_library_key_that_is_misspelt_or_wrong_is_named_with_its_fix(config, message):
+    with pytest.raises(LibraryConfigError) as info:
+        validate_library_config({"count": 40, **config})
+    assert str(info.value) == message
+    assert isinstance(info.value, ConfigError)
+
+
+def test_the_workflows_own_keys_stay_free_and_library_values_are_kept():
+    own = {
+        "count": 40,
+        "results": "mine",  # not near enough to results_dir to be its misspelling
+        "data": [1, 2],
+        "logs": {"level": "debug"},
+        "workflow": "x",
+        "fetch": {"batch_size": 8},
+        "_usher_registry": {"tables": {}},
+    }
+    library = {
+        "results_dir": "out",
+        "logs_dir": "out/logs",
+        "workflow_name": "chrom-stats",
+        "store": {"database_mode": "head", "lock_timeout_seconds": 5},
+        "api": {"max_retries": 2},
+        "versions": {"hpo": "2025-01-16", "ensembl": 113, "gencode": 47.0, "patched": True},
+    }
+    checked = validate_library_config({**own, **library})
+    assert checked.results_dir == Path("out") and checked.logs_dir == Path("out/logs")
+    assert checked.workflow_name == "chrom-stats"
+    assert checked.store == StoreConfig(database_mode="head", lock_timeout_seconds=5.0)
+    assert checked.api.max_retries == 2
+    versions = checked.versions
+    assert versions == library["versions"]
+    assert [type(v) for v in versions.values()] == [str, int, float, bool]  # kept exactly
+    assert checked.model_extra == {k: v for k, v in own.items() if not k.startswith("_")}
+    # empty sections (`store:` with nothing below) and no config at all use the defaults
+    empty = validate_library_config({"store": None, "api": None, "versions": None})
+    assert empty == validate_library_config({})
+    assert empty.duckdb_path == Path("results/pipeline.duckdb") and empty.versions == {}
+
+
+def test_the_error_names_the_config_file_that_sets_the_key(tmp_path):
+    first = write(tmp_path, "store:\n  database_mod: job\ncount: 1\n", "first.yaml")
+    last = write(tmp_path, "store:\n  database_mod: head\n", "last.yaml")
+    other = write(tmp_path, "count: 2\n", "other.yaml")
+    config = {"count": 2, "store": {"database_mod": "head"}}
+    with pytest.raises(LibraryConfigError) as info:
+        validate_library_config(config, [first, last, other])
+    assert str(info.value).startswith(f"config key store.database_mod (in {last}) is not")
+    with pytest.raises(LibraryConfigError) as info:
+        validate_library_config(config, [other])  # set by --config: no file to name
+    assert str(info.value).startswith("config key store.database_mod is not")
+
+
+def test_the_demos_model_reuses_the_library_models():
+    for key in ("data_dir", "cache_dir", "duckdb_path", "results_dir", "logs_dir"):
+        assert repr(PipelineConfig.model_fields[key]) == repr(LibraryConfig.model_fields[key])
+    assert PipelineConfig.model_fields["store"].annotation is StoreConfig
+    assert LibraryConfig.model_fields["store"].annotation is StoreConfig
+    assert PipelineConfig.model_fields["api"].annotation is APIConfig
+    assert LibraryConfig.model_fields["api"].annotation is APIConfig
+    assert issubclass(PipelineConfig, LibrarySettings)
+    assert issubclass(LibraryConfig, LibrarySettings)
+    # the demo keeps its stricter checks: its own versions, and no free keys
+    assert "versions.ensembl_release: Field required" in error_of({"versions": {"hpo": "x"}})
+    assert "extra key 'count' is not allowed" in error_of({**embedded_dict(), "count": 1})
+
+
+def test_existing_configs_pass_the_library_check():
+    scenarios = sorted((REPO / "tests" / "configs").glob("*.yaml"))
+    assert scenarios
+    for path in [EMBEDDED, *scenarios]:
+        validate_library_config(yaml.safe_load(path.read_text(encoding="utf-8")), [path])
+    demo = load_config(EMBEDDED).model_dump(mode="json")  # as rules/common.smk hands it on
+    checked = validate_library_config(demo)
+    assert checked.versions == demo["versions"]
+    assert checked.store == load_config(EMBEDDED).store
 
 
 def test_any_workflow_refuses_a_config_file_that_names_a_key_twice(tmp_path):
     (tmp_path / "config.yaml").write_text("count: 40\nstore: {}\ncount: 41\n", encoding="utf-8")
     write_library_workflow(tmp_path, 'configfile: "config.yaml"\n')
-    done = subprocess.run(
-        [str(BIN / "snakemake"), "-n"], cwd=tmp_path, capture_output=True, text=True, timeout=300
-    )
+    done = snakemake_in(tmp_path, "-n")
     assert done.returncode != 0
     assert "names the key 'count' twice (lines 1 and 3): keep one of them" in done.stderr
     assert "Traceback" not in done.stderr
     assert not (tmp_path / "done.txt").exists()
+
+
+@pytest.mark.parametrize(
+    ("text", "line"),
+    [
+        (
+            "count: 40\nstore:\n  database_mod: head\n",
+            "usher_pipeline: config key store.database_mod (in config.yaml) is not a library "
+            "setting: did you mean store.database_mode?",
+        ),
+        (
+            "count: 40\nresult_dir: out\n",
+            "usher_pipeline: config key result_dir (in config.yaml) is not a library setting: "
+            "did you mean results_dir? (rename it if it is your workflow's own key)",
+        ),
+        (
+            "count: 40\nstore:\n  lock_timeout_seconds: 0\n",
+            "usher_pipeline: config key store.lock_timeout_seconds (in config.yaml) is invalid: "
+            "Input should be greater than 0 (got 0)",
+        ),
+    ],
+    ids=["section_key", "top_level_near_miss", "bound"],
+)
+def test_any_workflow_refuses_a_bad_library_key_before_any_job(tmp_path, text, line):
+    (tmp_path / "config.yaml").write_text(text, encoding="utf-8")
+    write_library_workflow(tmp_path, 'configfile: "config.yaml"\n')
+    for args in (("-n",), ("--cores", "1")):
+        done = snakemake_in(tmp_path, *args)
+        assert done.returncode != 0
+        assert [line] == [row for row in done.stderr.splitlines() if "usher_pipeline" in row]
+        assert "Traceback" not in done.stderr
+    assert not (tmp_path / "done.txt").exists()
+    assert not (tmp_path / "results").exists()
+
+
+# --- config slices: each job's hash, each sidecar's, the run's ----------------------------------
+
+SLICED_SNAKEFILE = """\
+configfile: "config/config.yaml"
+
+
+include: "{library}/library.smk"
+
+
+USHER.register("numbers")
+USHER.register("scaled")
+
+
+rule all:
+    default_target: True
+    input:
+        USHER.run_record,
+        USHER.sidecars(),
+        USHER.products(),
+        USHER.steplogs(),
+
+
+rule numbers:
+    output:
+        table=USHER.sentinel("numbers"),
+        steplog=USHER.steplog("numbers"),
+    params:
+        how_many=config["count"],
+    script:
+        "scripts/numbers.py"
+
+
+rule scaled:
+    input:
+        numbers=USHER.sentinel("numbers"),
+    output:
+        table=USHER.sentinel("scaled"),
+        steplog=USHER.steplog("scaled"),
+    params:
+        factor=config["factor"],
+    script:
+        "scripts/scaled.py"
+
+
+"""
+
+#: The library's provenance rules, included or loaded as a Snakemake module.
+SLICED_TAILS = {
+    "include": 'include: "{library}/provenance.smk"\n',
+    "module": (
+        'module usher:\n    snakefile:\n        "{library}/module.smk"\n    config:\n'
+        "        config\n\n\nuse rule * from usher as usher_*\n"
+    ),
+}
+
+SLICED_SCRIPTS = {
+    "numbers.py": (
+        "import polars as pl\n\nfrom usher_pipeline.workflow import Job\n\n"
+        "with Job(snakemake) as job:\n"
+        "    job.save(pl.DataFrame({'n': list(range(int(snakemake.params.how_many)))}))\n"
+    ),
+    "scaled.py": (
+        "import polars as pl\n\nfrom usher_pipeline.workflow import Job\n\n"
+        "with Job(snakemake) as job:\n"
+        "    numbers = job.read('numbers')\n"
+        "    job.save(numbers.with_columns(pl.col('n') * int(snakemake.params.factor)))\n"
+    ),
+}
+
+
+def write_sliced_workflow(folder: Path, config: dict[str, Any], form: str = "include") -> Path:
+    """A two-rule workflow of its own in `folder`, each rule given one key of `config`, with
+    the library's provenance rules in `form` (a key of SLICED_TAILS)."""
+    (folder / "scripts").mkdir(parents=True)
+    (folder / "config").mkdir()
+    text = SLICED_SNAKEFILE + SLICED_TAILS[form]
+    (folder / "Snakefile").write_text(text.format(library=REPO / "rules"), encoding="utf-8")
+    for name, text in SLICED_SCRIPTS.items():
+        (folder / "scripts" / name).write_text(text, encoding="utf-8")
+    config_file = folder / "config" / "config.yaml"
+    config_file.write_text(yaml.safe_dump(config), encoding="utf-8")
+    return config_file
+
+
+def checkpoint_hashes(db_path: Path) -> dict[str, str]:
+    import duckdb
+
+    with duckdb.connect(str(db_path), read_only=True) as conn:
+        rows = conn.sql("SELECT table_name, config_hash FROM _checkpoints").fetchall()
+    return {str(name): str(digest) for name, digest in rows}
+
+
+def read_json(path: Path) -> Any:
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+@pytest.mark.parametrize("form", list(SLICED_TAILS))
+def test_each_job_sidecar_and_run_records_the_hash_of_the_slices_it_used(tmp_path, form):
+    folder = tmp_path / "my workflow"
+    config = {"count": 5, "factor": 3, "versions": {"x": 1}}
+    config_file = write_sliced_workflow(folder, config, form)
+    done = snakemake_in(folder, "--cores", "1")
+    assert done.returncode == 0, done.stderr
+    results = folder / "results"
+    steplogs = {n: read_json(results / "steplogs" / f"{n}.json") for n in ("numbers", "scaled")}
+    assert steplogs["numbers"]["params"] == {"how_many": 5}
+    for name, record in steplogs.items():
+        assert record["config_slice_hash"] == slice_hash(record["params"]), name
+        assert "config_hash" not in record  # no hash of a whole config that no job used
+    assert checkpoint_hashes(results / "pipeline.duckdb") == {
+        name: record["config_slice_hash"] for name, record in steplogs.items()
+    }
+    numbers = read_json(results / "tables" / "numbers.provenance.json")
+    scaled = read_json(results / "tables" / "scaled.provenance.json")
+    run = read_json(results / "provenance.json")
+    assert numbers["config_hash"] == jobs_config_hash([steplogs["numbers"]])
+    assert scaled["config_hash"] == jobs_config_hash(steplogs.values())
+    assert run["config_hash"] == jobs_config_hash(reversed(list(steplogs.values())))
+    assert numbers["config_hash"] != scaled["config_hash"]
+    assert [s["details"] for s in scaled["processing_steps"]] == list(steplogs.values())
+
+    # a key that no rule reads, and one of the library's: nothing to do
+    unread = {**config, "note": "not read by any rule", "api": {"max_retries": 2}}
+    config_file.write_text(yaml.safe_dump(unread), encoding="utf-8")
+    done = snakemake_in(folder, "-n")
+    assert done.returncode == 0, done.stderr
+    assert "Nothing to be done" in done.stdout + done.stderr, done.stdout
+    # a key that one rule reads reruns that rule, what reads its table, and the provenance
+    config_file.write_text(yaml.safe_dump({**unread, "factor": 4}), encoding="utf-8")
+    done = snakemake_in(folder, "--cores", "1")
+    assert done.returncode == 0, done.stderr
+    text = done.stdout + done.stderr
+    assert "rule scaled:" in text and "rule numbers:" not in text
+    rerun = read_json(results / "steplogs" / "scaled.json")
+    assert rerun["config_slice_hash"] == slice_hash({"factor": 4})
+    assert (
+        read_json(results / "tables" / "numbers.provenance.json")["config_hash"]
+        == (numbers["config_hash"])
+    )
+    assert read_json(results / "provenance.json")["config_hash"] == jobs_config_hash(
+        [steplogs["numbers"], rerun]
+    )
 
 
 # --- slice and data_source_versions ---------------------------------------------------------

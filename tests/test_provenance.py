@@ -10,8 +10,14 @@ import duckdb
 import pytest
 
 import usher_pipeline
-from usher_pipeline.config import PipelineConfig, validate_config_dict
+from usher_pipeline.config import (
+    PipelineConfig,
+    jobs_config_hash,
+    slice_hash,
+    validate_config_dict,
+)
 from usher_pipeline.errors import UsherError
+from usher_pipeline.hashing import sha256_json
 from usher_pipeline.persistence import (
     PipelineStore,
     ProvenanceTracker,
@@ -383,7 +389,13 @@ def test_merge_writes_sidecars_run_record_and_rows_through_trackers(
     records = {
         "late": steplog("late", "2026-11-29T20:00:09.000000Z", data_sources={"hpo": "old"}),
         "universe": steplog("universe", "2026-11-29T20:00:01.000000Z", data_sources={"hpo": "new"}),
-        "scores": steplog("scores", "2026-11-29T20:00:02.000000Z", reads="universe"),
+        "scores": steplog(
+            "scores",
+            "2026-11-29T20:00:02.000000Z",
+            reads="universe",
+            params={"weights": [0.5, 0.5]},
+            config_slice_hash=slice_hash({"weights": [0.5, 0.5]}),
+        ),
     }
     paths = []
     for name, record in records.items():
@@ -394,7 +406,6 @@ def test_merge_writes_sidecars_run_record_and_rows_through_trackers(
     summary = merge_provenance(
         paths,
         pipeline_version="0.1.0",
-        config_hash="cd" * 32,
         data_source_versions={"hpo": "config", "ensembl_release": 113},
         run_record="results/provenance.json",
         store=PipelineStore(db_path),
@@ -406,10 +417,20 @@ def test_merge_writes_sidecars_run_record_and_rows_through_trackers(
     assert scores["processing_steps"][0]["details"] == records["universe"]
     assert scores["processing_steps"][0]["timestamp"] == records["universe"]["ended_at"]
     assert scores["data_source_versions"] == {"hpo": "new", "ensembl_release": 113}
-    assert scores["config_hash"] == "cd" * 32
+    # a sidecar's config hash covers the slices of its lineage's jobs, the run's every job's
+    pairs = {
+        "universe": ["universe", slice_hash({})],  # no params: the slice {}
+        "scores": ["scores", slice_hash({"weights": [0.5, 0.5]})],
+        "late": ["late", slice_hash({})],
+    }
+    assert scores["config_hash"] == sha256_json(sorted([pairs["universe"], pairs["scores"]]))
+    assert ProvenanceTracker.load_sidecar("results/universe.parquet")["config_hash"] == (
+        sha256_json([pairs["universe"]])
+    )
     assert scores["run_id"] == summary["run_id"]
     run = json.loads((tmp_path / "results" / "provenance.json").read_text())
     assert set(run) == METADATA_KEYS | {"run_id", "outputs"}
+    assert run["config_hash"] == sha256_json(sorted(pairs.values()))
     assert [s["step_name"] for s in run["processing_steps"]] == ["universe", "scores", "late"]
     # a run's data sources are taken in the order the step logs were given: the last wins
     assert run["data_source_versions"] == {"hpo": "new", "ensembl_release": 113}
@@ -426,3 +447,30 @@ def test_merge_writes_sidecars_run_record_and_rows_through_trackers(
     ]
     assert rows["results/scores.parquet"] == (summary["run_id"], scores)
     assert rows["results/provenance.json"] == (summary["run_id"], run)
+
+
+# -- the config hashes of jobs, sidecars and runs -------------------------------------------
+
+
+def test_the_hash_of_jobs_slices_is_by_step_name_and_slice_whatever_the_order() -> None:
+    hearing = steplog("evidence", "t", wildcards={"layer": "hearing"}, params={"terms": ["a"]})
+    retina = steplog("evidence", "t", wildcards={"layer": "retina"}, params={"terms": ["b"]})
+    assert "config_slice_hash" not in hearing  # computed from the params it records
+    both = jobs_config_hash([hearing, retina])
+    assert both == jobs_config_hash([retina, hearing])
+    assert both == sha256_json(
+        [
+            ["evidence[layer=hearing]", slice_hash({"terms": ["a"]})],
+            ["evidence[layer=retina]", slice_hash({"terms": ["b"]})],
+        ]
+    )
+    recorded = {**hearing, "config_slice_hash": slice_hash({"terms": ["a"]})}
+    assert jobs_config_hash([recorded, retina]) == both
+    # the same slices under other step names, or another slice, are another hash
+    swapped = {**retina, "params": {"terms": ["a"]}}
+    assert jobs_config_hash([{**hearing, "params": {"terms": ["b"]}}, swapped]) != both
+    assert jobs_config_hash([hearing]) != both
+    assert jobs_config_hash([{**hearing, "params": {"terms": ["a", "c"]}}, retina]) != both
+    # a slice hash is that of the params' canonical JSON: key order does not count
+    assert slice_hash({"a": 1, "b": [1, 2]}) == slice_hash({"b": [1, 2], "a": 1})
+    assert slice_hash({"a": 1}) != slice_hash({"a": 1.5})

@@ -23,6 +23,7 @@ import polars as pl
 import pytest
 import yaml
 
+from usher_pipeline.config.hashing import jobs_config_hash
 from usher_pipeline.persistence import PipelineStore
 from usher_pipeline.persistence.fingerprint import fingerprint_parquet
 from usher_pipeline.persistence.provenance import sidecar_path
@@ -386,7 +387,14 @@ def test_tiers_sidecar_lineage_reaches_gene_universe(small_run):
     universe = sidecar["processing_steps"][steps.index("gene_universe")]["details"]
     assert universe["rule"] == "gene_universe"
     assert universe["outputs"][0]["path"] == "results/tables/gene_universe.parquet"
-    assert sidecar["config_hash"] == read_json(workdir / "results/provenance.json")["config_hash"]
+    # the hash of the config slices of the lineage's jobs; the run's covers every job
+    lineage = [step["details"] for step in sidecar["processing_steps"]]
+    assert sidecar["config_hash"] == jobs_config_hash(lineage)
+    run = read_json(workdir / "results/provenance.json")
+    assert run["config_hash"] == jobs_config_hash(s["details"] for s in run["processing_steps"])
+    hpo_terms = read_json(workdir / "results/tables/hpo_terms.provenance.json")
+    assert hpo_terms["config_hash"] == jobs_config_hash([lineage[steps.index("hpo_terms")]])
+    assert hpo_terms["config_hash"] != sidecar["config_hash"]
 
 
 def test_second_run_does_nothing(small_run, tmp_path):
@@ -397,6 +405,19 @@ def test_second_run_does_nothing(small_run, tmp_path):
     assert "Nothing to be done" in output(done)
     after = {p: p.stat().st_mtime_ns for p in (workdir / "results").rglob("*") if p.is_file()}
     assert after == before
+
+
+def test_settings_that_no_rule_reads_rerun_nothing(small_run, tmp_path):
+    workdir = tmp_path / "unread"
+    shutil.copytree(small_run[0], workdir, symlinks=True)
+    config_file = workdir / "config" / "config.yaml"
+    config = yaml.safe_load(config_file.read_text())
+    config["workflow_name"] = "usher-screen"  # a library key that only the exports read
+    config["api"]["max_retries"] = 2
+    config["scoring"] = {**config["scoring"], "gnomad": 0.25, "literature": 0.10}
+    config_file.write_text(yaml.safe_dump(config, sort_keys=False))
+    done = snakemake(workdir, "-n", "--cores", "2")
+    assert "Nothing to be done" in output(done)
 
 
 def test_weight_edit_reruns_only_scoring_tiers_and_provenance(small_run, tmp_path):

@@ -47,7 +47,7 @@ DEFAULT_LOGS_DIR: Final = "logs"
 RUN_RECORD_NAME: Final = "provenance.json"  # results_dir/<this>: the run-level record
 
 # The key of Snakemake's `config` under which the workflow hands its jobs what identifies
-# the run (config hash, library version).
+# the run (the library's version).
 RUNTIME_KEY: Final = "_usher"
 
 
@@ -66,7 +66,6 @@ class StoreSettings:
     lock_timeout: float
     mode: DatabaseMode
     load_memory_mb: int
-    config_hash: str | None
     pipeline_version: str | None
 
     @classmethod
@@ -87,17 +86,13 @@ class StoreSettings:
             lock_timeout=float(store.get("lock_timeout_seconds", DEFAULT_LOCK_TIMEOUT_S)),
             mode=mode,
             load_memory_mb=int(store.get("load_memory_mb", LOAD_MEMORY_MB)),
-            config_hash=runtime.get("config_hash"),
             pipeline_version=runtime.get("pipeline_version"),
         )
 
     def store(self) -> PipelineStore:
-        """A store on the configured database (imported here: this module stays a leaf)."""
+        """A store on the configured database (imported here: this module stays a leaf). It
+        has no config hash of its own: each checkpoint records the slice hash of the job
+        whose table it describes."""
         from usher_pipeline.persistence.duckdb_store import PipelineStore
 
-        return PipelineStore(
-            self.db_path,
-            self.lock_timeout,
-            config_hash=self.config_hash,
-            load_memory_mb=self.load_memory_mb,
-        )
+        return PipelineStore(self.db_path, self.lock_timeout, load_memory_mb=self.load_memory_mb)

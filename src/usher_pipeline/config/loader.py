@@ -7,18 +7,23 @@ directories the config names (the rules that write there create them).
 from __future__ import annotations
 
 import copy
-from collections.abc import Mapping
+import difflib
+import typing
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
-from usher_pipeline.config.schema import PipelineConfig
 from usher_pipeline.errors import UsherError
+
+if TYPE_CHECKING:  # imported where used: the schema's models import this module's error
+    from usher_pipeline.config.schema import PipelineConfig
 
 _PREFIXES = ("Value error, ", "Assertion failed, ")
 _MAX_INPUT_REPR = 60
+_SUGGEST_CUTOFF = 0.6  # how alike (difflib's ratio) an unknown key must be to be suggested
 
 
 class ConfigError(UsherError, ValueError):
@@ -64,6 +69,12 @@ def check_config_file(path: str | Path) -> None:
     _read_yaml_mapping(path)
 
 
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    """The mapping a YAML config file holds, unvalidated; refused as `check_config_file`
+    refuses it."""
+    return _read_yaml_mapping(path)
+
+
 def load_config_with_overrides(path: str | Path, overrides: Mapping[str, Any]) -> PipelineConfig:
     """Read a YAML config, set `overrides` (dotted path -> value) into it, then validate.
 
@@ -91,10 +102,14 @@ def validate_config_dict(data: Mapping[str, Any], source: str) -> PipelineConfig
             f"config from {source} must be a mapping of keys to values at the top level, "
             f"not {_kind(data)}"
         )
+    from usher_pipeline.config.schema import PipelineConfig
+
     try:
         return PipelineConfig.model_validate(dict(data))
     except ValidationError as exc:
-        problems = "; ".join(_describe(error) for error in exc.errors(include_url=False))
+        problems = "; ".join(
+            _describe(error, PipelineConfig) for error in exc.errors(include_url=False)
+        )
         raise ConfigError(f"{source} is invalid: {problems}") from None
 
 
@@ -164,11 +179,18 @@ def _set_dotted(data: dict[str, Any], dotted: str, value: Any, source: str) -> N
     node[parts[-1]] = copy.deepcopy(value)
 
 
-def _describe(error: Mapping[str, Any]) -> str:
-    """One pydantic error as 'dotted.path: reason'."""
+def _describe(error: Mapping[str, Any], model: type[BaseModel] | None = None) -> str:
+    """One pydantic error as 'dotted.path: reason'; an unknown key of `model` (at any depth)
+    with the nearest key it knows there, when one is close."""
     path = _dotted(error["loc"])
     if error["type"] == "extra_forbidden":
-        return f"extra key {path!r} is not allowed (check spelling)"
+        text = f"extra key {path!r} is not allowed (check spelling)"
+        known = _keys_beside(model, error["loc"]) if model is not None else ()
+        *parents, key = (str(part) for part in error["loc"])
+        found = difflib.get_close_matches(key, known, n=1, cutoff=_SUGGEST_CUTOFF)
+        if found:
+            text += f": did you mean {'.'.join([*parents, found[0]])!r}?"
+        return text
     message = str(error["msg"])
     for prefix in _PREFIXES:
         if message.startswith(prefix):
@@ -180,6 +202,23 @@ def _describe(error: Mapping[str, Any]) -> str:
         if len(shown) <= _MAX_INPUT_REPR and not (isinstance(given, str) and shown in message):
             message = f"{message} (got {shown})"
     return f"{path}: {message}" if path else message
+
+
+def _keys_beside(model: type[BaseModel], loc: Sequence[int | str]) -> tuple[str, ...]:
+    """The keys the model knows in the section that holds the key at `loc` (the sections of a
+    mapping of models, such as the demo's layers, included); () where it is not a model."""
+    current: Any = model
+    for part in loc[:-1]:
+        if isinstance(current, type) and issubclass(current, BaseModel):
+            field = current.model_fields.get(str(part))
+            current = field.annotation if field is not None else None
+        elif typing.get_origin(current) is dict:  # a mapping's key: its values' model
+            current = typing.get_args(current)[1]
+        else:
+            return ()
+    if isinstance(current, type) and issubclass(current, BaseModel):
+        return tuple(current.model_fields)
+    return ()
 
 
 def _dotted(loc: tuple[int | str, ...]) -> str:

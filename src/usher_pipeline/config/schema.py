@@ -21,26 +21,21 @@ from pydantic import (
 )
 
 from usher_pipeline.config.hashing import config_hash
-from usher_pipeline.settings import (
-    DEFAULT_DATABASE_MODE,
-    DEFAULT_DB_PATH,
-    DEFAULT_LOCK_TIMEOUT_S,
-    DEFAULT_RESULTS_DIR,
-    LOAD_MEMORY_MB,
-    TABLE_NAME_PATTERN,
-    DatabaseMode,
-    is_table_name,
+from usher_pipeline.config.library import (
+    MAX_LOAD_MEMORY_MB,
+    MAX_LOCK_TIMEOUT_S,
+    APIConfig,
+    LibrarySettings,
+    StoreConfig,
 )
+from usher_pipeline.settings import TABLE_NAME_PATTERN, is_table_name
 
 _SUM_TOLERANCE = 1e-6
 #: A layer name is a table name (it becomes table `evidence_<layer>`) of at most this length.
 MAX_LAYER_NAME_LENGTH = 41
 HPO_TERM_PATTERN = r"^HP:\d{7}$"
 
-#: Upper bounds of the store and fetch settings: finite values that every job can use (an
-#: infinite or huge lock wait overflows the timers, a huge memory limit fails DuckDB's parser).
-MAX_LOCK_TIMEOUT_S = 7 * 24 * 3600.0
-MAX_LOAD_MEMORY_MB = 1024 * 1024
+#: Upper bound of the demo's fetch latency (the store's bounds live with StoreConfig).
 MAX_BATCH_LATENCY_S = 3600.0
 
 HpoTerm = Annotated[str, StringConstraints(pattern=HPO_TERM_PATTERN)]
@@ -78,19 +73,6 @@ class DataSourceVersions(BaseModel):
     hpa_version: str = Field(default="23.0", description="Human Protein Atlas release.")
 
 
-class APIConfig(BaseModel):
-    """How external APIs are called; changes how data are fetched, not what, so not hashed."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    rate_limit_per_second: int = Field(default=5, ge=1, description="Requests per second.")
-    max_retries: int = Field(default=5, ge=1, le=20, description="Attempts per request.")
-    cache_ttl_seconds: int = Field(
-        default=86400, ge=0, description="Lifetime of cached responses; 0 = never expires."
-    )
-    timeout_seconds: int = Field(default=30, ge=1, description="Timeout of one request.")
-
-
 class ScoringWeights(BaseModel):
     """Weights of the evidence layers in the composite score; they must sum to 1."""
 
@@ -107,39 +89,6 @@ class ScoringWeights(BaseModel):
     def _weights_sum_to_one(self) -> ScoringWeights:
         _check_sum_is_one(sum(self.model_dump().values()), "weights")
         return self
-
-
-class StoreConfig(BaseModel):
-    """How jobs write into the shared DuckDB store; not part of the config hash."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    lock_timeout_seconds: float = Field(
-        default=DEFAULT_LOCK_TIMEOUT_S,
-        gt=0,
-        le=MAX_LOCK_TIMEOUT_S,
-        allow_inf_nan=False,
-        description="How long a job waits for the database lock (at most a week).",
-    )
-    database_mode: DatabaseMode = Field(
-        default=DEFAULT_DATABASE_MODE,
-        description=(
-            "'job': each job writes its table into the database; 'head': jobs write only "
-            "sentinels and step logs and a local rule on the submit host ingests them (for "
-            "shared filesystems where DuckDB locking is unreliable)."
-        ),
-    )
-    load_memory_mb: int = Field(
-        default=LOAD_MEMORY_MB,
-        ge=16,
-        le=MAX_LOAD_MEMORY_MB,
-        description=(
-            "The least memory limit (MB) of DuckDB while a job loads a table into the database "
-            "(until its connection closes); a wide table's load is given what its columns need "
-            "when that is more. A save needs about its frame's size plus 500 MB, whatever the "
-            "node's RAM (larger loads faster); raise it if a load reports it ran out of memory."
-        ),
-    )
 
 
 class FetchConfig(BaseModel):
@@ -236,32 +185,28 @@ class DemoConfig(BaseModel):
         return value
 
 
-class PipelineConfig(BaseModel):
-    """The whole pipeline config, as validated from `config/config.yaml`."""
+class PipelineConfig(LibrarySettings):
+    """The demo's whole config, as validated from `config/config.yaml`: the library's keys
+    (`LibrarySettings`, one definition with `LibraryConfig`), the demo's stricter `versions`,
+    `scoring` and `demo`, and no other key."""
 
     model_config = ConfigDict(extra="forbid")
 
-    data_dir: Path = Field(default=Path("data"), description="Downloaded input data.")
-    cache_dir: Path = Field(default=Path("data/cache"), description="Cached API responses.")
-    duckdb_path: Path = Field(default=Path(DEFAULT_DB_PATH), description="The shared DuckDB store.")
-    results_dir: Path = Field(
-        default=Path(DEFAULT_RESULTS_DIR), description="Sentinels, logs, reports."
-    )
     versions: DataSourceVersions
-    api: APIConfig = APIConfig()
     scoring: ScoringWeights = ScoringWeights()
-    store: StoreConfig = StoreConfig()
     demo: DemoConfig = DemoConfig()
 
     def config_hash(self) -> str:
-        """SHA-256 of the canonical JSON of every setting that can change results.
+        """SHA-256 of the canonical JSON of every setting of this config that can change results.
 
         In: `versions`, `scoring`, and `demo` except `demo.fetch` and `demo.hpo_data_dir`.
-        Out: `data_dir`, `cache_dir`, `duckdb_path`, `results_dir` (a moved run is the same
-        run), `store` (locking and where the database is written), `api` (rate limit,
-        retries, timeout and cache TTL change how data are fetched, not what),
-        `demo.fetch` (batching and latency) and `demo.hpo_data_dir` (where the files sit).
-        The same definition as a workflow's raw config gets (`config.hashing.config_hash`).
+        Out: `data_dir`, `cache_dir`, `duckdb_path`, `results_dir`, `logs_dir` (a moved run
+        is the same run), `workflow_name`, `store` (locking and where the database is
+        written), `api` (rate limit, retries, timeout and cache TTL change how data are
+        fetched, not what), `demo.fetch` (batching and latency) and `demo.hpo_data_dir`
+        (where the files sit). It describes a whole config used outside a workflow (a
+        `PipelineStore.from_config` in a notebook); a workflow's jobs record the hash of the
+        slice each one used instead (`config.hashing.slice_hash`).
         """
         return config_hash(self.model_dump(mode="json"))
 
@@ -301,3 +246,21 @@ class PipelineConfig(BaseModel):
 def json_schema() -> dict[str, Any]:
     """JSON schema of `PipelineConfig`, for editors and Snakemake's `validate`."""
     return PipelineConfig.model_json_schema()
+
+
+__all__ = [
+    "MAX_BATCH_LATENCY_S",
+    "MAX_LAYER_NAME_LENGTH",
+    "MAX_LOAD_MEMORY_MB",
+    "MAX_LOCK_TIMEOUT_S",
+    "APIConfig",
+    "DataSourceVersions",
+    "DemoConfig",
+    "FetchConfig",
+    "LayerConfig",
+    "PipelineConfig",
+    "ScoringWeights",
+    "StoreConfig",
+    "TierThresholds",
+    "json_schema",
+]

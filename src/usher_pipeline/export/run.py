@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from usher_pipeline._io import read_json
+from usher_pipeline.config.hashing import jobs_config_hash
 from usher_pipeline.errors import UsherError
 from usher_pipeline.lineage import Lineage, step_label
 from usher_pipeline.settings import RUN_RECORD_NAME
@@ -67,12 +68,12 @@ class RunRecords:
         return found
 
     def config_hash(self) -> str | None:
-        """The config hash the jobs recorded (the run record's when present)."""
+        """The run's config hash: the run record's, else that of the config slices the jobs
+        recorded (the same definition, `config.hashing.jobs_config_hash`)."""
         run = self.run_record
         if run and run.get("config_hash"):
             return str(run["config_hash"])
-        hashes = [r.get("config_hash") for r in self.records if r.get("config_hash")]
-        return str(hashes[-1]) if hashes else None
+        return jobs_config_hash(self.records) if self.records else None
 
     def software(self) -> dict[str, str]:
         """Versions of the software the jobs ran with (the last job's win on a conflict)."""

@@ -1,5 +1,9 @@
 """ProvenanceTracker: what produced an output — versions, config hash and processing steps.
 
+In a workflow the config hash is that of the config slices of the jobs behind the output
+(`config.hashing.jobs_config_hash`); a tracker built from a `PipelineConfig` records that
+config's own hash (`PipelineConfig.config_hash`).
+
 Metadata is written as a JSON sidecar beside each output (`x.parquet` ->
 `x.provenance.json`), as the run-level record and as rows of the store's `_provenance` table.
 The workflow's provenance merge writes all of these through trackers built from step logs.
@@ -44,9 +48,10 @@ def sidecar_path(output_path: str | Path) -> Path:
 class ProvenanceTracker:
     """Collects processing steps of one run and writes them with the run's versions and config.
 
-    Without a `config`, `config_hash` gives the hash to record (the workflow passes the hash
-    it computed); `created_at` fixes the creation time, so that every record of one merge
-    carries the same one.
+    Without a `config`, `config_hash` gives the hash to record (the workflow's merge passes
+    the hash of the config slices of the output's lineage, or of the whole run's for the run
+    record); `created_at` fixes the creation time, so that every record of one merge carries
+    the same one.
     """
 
     def __init__(

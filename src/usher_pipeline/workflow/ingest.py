@@ -6,8 +6,9 @@ job on the submit host loads every table: it opens the database once and commits
 with the same `_checkpoints` row (description, rule, fingerprint, rows) a job would have
 written, grouping the loads of up to a second into one commit (one commit per small table
 would cost more than its load). A table whose checkpoint already records the sentinel's
-fingerprint (and the same rule, description and config) is left as it is, so a rerun after
-one job changed loads that table alone, and a rerun after a kill resumes where it stopped.
+fingerprint (and the same rule, description and config slice hash) is left as it is, so a
+rerun after one job changed loads that table alone, and a rerun after a kill resumes where it
+stopped.
 
 Each sentinel must be the very file its step log describes (same SHA-256): a file replaced
 since, or a stale copy served by a network filesystem, is refused rather than recorded.
@@ -23,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from usher_pipeline._io import read_json, write_json_atomic
+from usher_pipeline.config.hashing import job_slice_hash
 from usher_pipeline.errors import UsherError
 from usher_pipeline.hashing import sha256_file
 from usher_pipeline.persistence.duckdb_store import PipelineStore
@@ -112,6 +114,7 @@ def ingest_sentinels(
                     steplog, step, entry, digest = _check_sentinel(sentinel, describers)
                     table = entry["table"]
                     current = checkpoints.get(table)
+                    sliced = job_slice_hash(step)  # the config slice of the job that wrote it
                     unchanged = False
                     fingerprint: str | None = None
                     count: int | None = None
@@ -123,7 +126,7 @@ def ingest_sentinels(
                             "description": entry.get("description", ""),
                             "rule": step["rule"],
                             "sentinel": str(sentinel),
-                            "config_hash": store.config_hash,
+                            "config_hash": sliced,
                         }
                         unchanged = all(current[k] == v for k, v in wanted.items())
                     if not unchanged:  # a new table is fingerprinted once loaded
@@ -136,6 +139,7 @@ def ingest_sentinels(
                             fingerprint=fingerprint,
                             row_count=count,
                             record_checkpoint=False,
+                            config_hash=sliced,
                         )
                         fingerprint, count = row["fingerprint"], row["row_count"]
                         rows.append(row)

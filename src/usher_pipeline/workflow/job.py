@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from usher_pipeline import steplog
 from usher_pipeline._io import atomic_path, remove_stale_temps, temp_path_for, write_json_atomic
+from usher_pipeline.config.hashing import slice_hash
 from usher_pipeline.errors import UsherError
 from usher_pipeline.hashing import canonical_json, sha256_json
 from usher_pipeline.persistence.duckdb_store import to_polars, validate_table_name, write_parquet
@@ -65,6 +66,8 @@ class Job:
             self.settings = StoreSettings.from_config(snakemake.config or {})
             self.wildcards = {k: str(v) for k, v in named(snakemake.wildcards).items()}
             self.params: dict[str, Any] = jsonable(named(snakemake.params))
+            # the hash of the config slice this job uses: its step log's and its tables'
+            self.config_slice_hash = slice_hash(self.params)
             if STEPLOG_OUTPUT not in named(snakemake.output):
                 raise UsherError(
                     f"rule {self.rule} has no output named '{STEPLOG_OUTPUT}': declare "
@@ -197,7 +200,12 @@ class Job:
                     # fingerprinted from the new table in the same connection: one DuckDB
                     # instance per save instead of two
                     checkpoint = tx.ingest_parquet(
-                        tmp, table, description=description, rule=self.rule, sentinel=sentinel
+                        tmp,
+                        table,
+                        description=description,
+                        rule=self.rule,
+                        sentinel=sentinel,
+                        config_hash=self.config_slice_hash,
                     )
                     fingerprint, rows = checkpoint["fingerprint"], checkpoint["row_count"]
                     fault_point("inside_transaction", table)
@@ -255,8 +263,7 @@ class Job:
             "inputs": inputs,
             "outputs": self.outputs,
             "params": self.params,
-            "config_slice_hash": sha256_json(self.params),
-            "config_hash": self.settings.config_hash,
+            "config_slice_hash": self.config_slice_hash,
             "data_sources": self.data_sources,
             "software": steplog.software_versions(),
             "host": steplog.host_name(),

@@ -3,7 +3,9 @@
 A sidecar carries the step logs of its output's whole lineage (`usher_pipeline.lineage`),
 upstream first. Each job's lineage becomes one `ProvenanceTracker`, which writes the sidecars
 of the job's outputs; a tracker of every job writes the run record; the trackers then write
-their `_provenance` rows in one statement.
+their `_provenance` rows in one statement. A sidecar's `config_hash` is the hash of the config
+slices of its lineage's jobs, the run record's that of every job's
+(`config.hashing.jobs_config_hash`): both come from the step logs, never from the config.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from usher_pipeline.config.hashing import jobs_config_hash
 from usher_pipeline.hashing import sha256_json
 from usher_pipeline.lineage import Lineage, path_key, step_label
 from usher_pipeline.persistence.provenance import ProvenanceTracker, utc_now
@@ -42,7 +45,6 @@ def merge_provenance(
     steplogs: Sequence[str | Path],
     *,
     pipeline_version: str,
-    config_hash: str | None,
     data_source_versions: Mapping[str, Any],
     run_record: str | Path | None = None,
     store: PipelineStore | None = None,
@@ -63,9 +65,10 @@ def merge_provenance(
         add_ingested_fingerprints(records, ingested_fingerprints(ingested))
     graph = Lineage(records)
     created_at = utc_now()
-    run_id = sha256_json([config_hash, sorted(sha256_json(r) for r in records)])[:32]
+    run_hash = jobs_config_hash(records)
+    run_id = sha256_json([run_hash, sorted(sha256_json(r) for r in records)])[:32]
 
-    def tracker() -> ProvenanceTracker:
+    def tracker(config_hash: str) -> ProvenanceTracker:
         made = ProvenanceTracker(
             pipeline_version, run_id=run_id, config_hash=config_hash, created_at=created_at
         )
@@ -75,8 +78,9 @@ def merge_provenance(
     trackers: list[ProvenanceTracker] = []
     sidecars: list[str] = []
     for job, record in enumerate(records):
-        lineage = tracker()
-        for upstream in graph.lineage(job):
+        upstreams = graph.lineage(job)
+        lineage = tracker(jobs_config_hash(records[upstream] for upstream in upstreams))
+        for upstream in upstreams:
             lineage.record_steplog(records[upstream])
             lineage.add_data_sources(records[upstream].get("data_sources") or {})
         for entry in record["outputs"]:
@@ -86,7 +90,7 @@ def merge_provenance(
         if (job + 1) % 1000 == 0:
             report(f"provenance: {job + 1}/{len(records)} step logs merged")
     if run_record is not None:
-        run = tracker()
+        run = tracker(run_hash)
         for record in records:
             run.add_data_sources(record.get("data_sources") or {})
         for job in graph.order:
