@@ -75,6 +75,20 @@ if workflow.is_main_process:
             f"({len(USHER_RUN_GUARD.cleared)} files in .snakemake/locks)",
             file=sys.stderr,
         )
+# The run manifest that the `usher-pipeline` command reads (where the store, results and
+# config are): written when Snakemake starts executing, after the whole Snakefile is parsed.
+if workflow.is_main_process:
+    from usher_pipeline.workflow.manifest import write_manifest_at_start
+
+    write_manifest_at_start(
+        workflow,
+        config,
+        library_rules=(
+            Path(workflow.current_basedir.get_path_or_uri(secret_free=True))
+            if workflow.current_basedir.is_local
+            else None
+        ),
+    )
 
 
 wildcard_constraints:
