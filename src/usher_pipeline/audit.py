@@ -15,9 +15,11 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 from usher_pipeline._io import read_json
+from usher_pipeline.cli_render import Hints
+from usher_pipeline.config.hashing import job_slice_hash
 from usher_pipeline.export.run import RunRecords, TableOutput, parse_time
 from usher_pipeline.hashing import sha256_file
 from usher_pipeline.lineage import path_key
@@ -59,19 +61,12 @@ class Report:
         return not self.problems
 
 
-def snakemake_command(*arguments: str) -> str:
-    """The Snakemake command that messages name to recompute something: targets or options."""
-    return " ".join(["snakemake", "--cores", "2", *arguments])
+PLAIN: Final = Hints()  # the commands as run in the working directory
 
 
-def forcerun_command(rule: str) -> str:
-    """The Snakemake command that reruns the jobs of `rule` (and what depends on them)."""
-    return snakemake_command("--forcerun", rule)
-
-
-def _recompute(table: TableOutput) -> str:
-    """The command that recomputes a table: a forced rerun of the rule that saved it."""
-    return forcerun_command(table.record["rule"])
+def _recompute(table: TableOutput, hints: Hints) -> str:
+    """The command that recomputes a table: a forced rerun of the job that saved it."""
+    return hints.forcerun(table.sentinel)
 
 
 def _short(fingerprint: str | None) -> str:
@@ -145,8 +140,10 @@ def verify(
     db_path: str | Path,
     lock_timeout: float = DEFAULT_LOCK_TIMEOUT_S,
     progress: Callable[[str], None] | None = None,
+    hints: Hints = PLAIN,
 ) -> Report:
-    """Compare database, sentinels and step logs; one Problem per disagreement.
+    """Compare database, sentinels and step logs; one Problem per disagreement, whose fix
+    names the commands as `hints` spells them.
 
     Read-only: a missing database is reported, never created.
     """
@@ -158,7 +155,7 @@ def verify(
         found.database_readable = False
         fix = _MOVES_ASIDE if Path(db_path).exists() else "rebuilds it"
         found.problems.append(
-            Problem("DATABASE", f"{state.error}: `usher-pipeline repair` {fix}", None, True)
+            Problem("DATABASE", f"{state.error}: `{hints.usher('repair')}` {fix}", None, True)
         )
     by_name = {c["table_name"]: c for c in state.checkpoints}
     present = set(state.tables)
@@ -177,7 +174,7 @@ def verify(
             if name in table_fps and table_fps[name] != sentinel_fp:
                 also = " and from the table"
             found.problems.append(
-                Problem("CHANGED", f"{distrust}{also}: `{_recompute(table)}`", name)
+                Problem("CHANGED", f"{distrust}{also}: `{_recompute(table, hints)}`", name)
             )
         if store is not None:
             found.problems.extend(
@@ -188,6 +185,7 @@ def verify(
                     stored=name in present,
                     checkpoint=by_name.get(name),
                     table_fp=table_fps.get(name),
+                    hints=hints,
                 )
             )
     found.problems.extend(_orphan_checkpoints(by_name, produced))
@@ -195,7 +193,7 @@ def verify(
         for entry in record["outputs"]:
             found.outputs += 1
             if path_key(entry["path"]) not in distrusted:
-                found.problems.extend(_check_output(record, path, entry))
+                found.problems.extend(_check_output(path, entry, hints))
     return found
 
 
@@ -207,12 +205,13 @@ def _table_problems(
     stored: bool,
     checkpoint: Mapping[str, Any] | None,
     table_fp: str | None,
+    hints: Hints,
 ) -> list[Problem]:
     """Where a table's database copy and checkpoint row disagree with its sentinel: the table
     or its row missing, the sentinel gone, or fingerprints that differ."""
     name = table.table
     repairable = distrust is None and sentinel_fp is not None
-    fix = "usher-pipeline repair" if repairable else _recompute(table)
+    fix = hints.usher("repair") if repairable else _recompute(table, hints)
     if not stored:
         return [Problem("MISSING", f"table {name} is not in the database: {fix}", name, repairable)]
     problems = []
@@ -226,7 +225,7 @@ def _table_problems(
                 Problem(
                     "GONE",
                     f"checkpoint {name}: its sentinel {table.sentinel} is gone: "
-                    f"`{snakemake_command(str(table.sentinel))}`",
+                    f"`{hints.snakemake(targets=[str(table.sentinel)])}`",
                     name,
                 )
             )
@@ -270,10 +269,11 @@ def _orphan_checkpoints(
     return problems
 
 
-def _check_output(record: dict[str, Any], steplog: Path, entry: dict[str, Any]) -> list[Problem]:
-    """A problem when the file a step log describes is gone or changed since the job."""
+def _check_output(steplog: Path, entry: dict[str, Any], hints: Hints) -> list[Problem]:
+    """A problem when the file a step log describes is gone or changed since the job; the fix
+    reruns the one job that wrote it."""
     target = Path(entry["path"])
-    hint = forcerun_command(record["rule"])
+    hint = hints.forcerun(target)
     if not target.exists():
         return [Problem("GONE", f"step log {steplog}: output {target} is missing: `{hint}`")]
     if entry.get("sha256") is None:
@@ -315,6 +315,7 @@ def repair(
     db_path: str | Path,
     lock_timeout: float = DEFAULT_LOCK_TIMEOUT_S,
     progress: Callable[[str], None] | None = None,
+    hints: Hints = PLAIN,
 ) -> RepairResult:
     """Restore from their sentinels the tables the database lacks or holds differently.
 
@@ -349,16 +350,16 @@ def repair(
         if sentinel_fp is None:
             result.unrepairable.append(
                 f"table {name}: sentinel {table.sentinel} is missing; recompute it with "
-                f"`{snakemake_command(str(table.sentinel))}`"
+                f"`{hints.snakemake(targets=[str(table.sentinel)])}`"
             )
             continue
         if distrust:
             result.unrepairable.append(
-                f"table {name}: {distrust}; recompute it with `{_recompute(table)}`"
+                f"table {name}: {distrust}; recompute it with `{_recompute(table, hints)}`"
             )
             continue
         restored = PipelineStore(
-            db_path, lock_timeout, config_hash=table.record.get("config_hash")
+            db_path, lock_timeout, config_hash=job_slice_hash(table.record)
         ).ingest_parquet(
             table.sentinel,
             name,

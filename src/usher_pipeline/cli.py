@@ -15,23 +15,32 @@ from __future__ import annotations
 
 import argparse
 import csv
+import importlib
 import io
 import json
 import os
 import sys
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from usher_pipeline import __version__
-from usher_pipeline.cli_render import Progress, clip, format_table, lineage_lines, terminal_width
+from usher_pipeline.cli_render import (
+    Hints,
+    Progress,
+    clip,
+    format_table,
+    lineage_lines,
+    terminal_width,
+)
 from usher_pipeline.errors import UsherError
 from usher_pipeline.settings import DEFAULT_LOCK_TIMEOUT_S
 
 if TYPE_CHECKING:
     from usher_pipeline.export.run import RunRecords
     from usher_pipeline.persistence import PipelineStore
+    from usher_pipeline.workflow.manifest import Manifest
 
 DEFAULT_CONFIG = "config/config.yaml"
 QUERY_ROWS = 50
@@ -46,12 +55,15 @@ class CommandError(UsherError):
 
 @dataclass
 class Settings:
-    """Where the run's files are: the database, the results directory, the config file."""
+    """Where the run's files are: the database, the results directory, the config file; the
+    run manifest when the workflow wrote one; how hints spell the commands they name."""
 
     db: Path
     results: Path
     config: Path | None
     lock_timeout: float = DEFAULT_LOCK_TIMEOUT_S
+    manifest: Manifest | None = None
+    hints: Hints = field(default_factory=Hints)
 
     def store(self) -> PipelineStore:
         """The store (constructing it creates a missing database file: check first)."""
@@ -66,30 +78,77 @@ class Settings:
         return load_run(self.results)
 
 
+def library_settings(path: Path) -> tuple[Path, Path, float]:
+    """(duckdb_path, results_dir, store.lock_timeout_seconds) of a workflow's config file:
+    only the library's keys are read and checked, the workflow's own keys are free."""
+    from usher_pipeline.config.library import validate_library_config
+    from usher_pipeline.config.loader import read_config_file
+
+    library = validate_library_config(read_config_file(path), [path])
+    return library.duckdb_path, library.results_dir, library.store.lock_timeout_seconds
+
+
+def given_options(args: argparse.Namespace) -> tuple[str, ...]:
+    """The --config/--db/--results options the user gave, as a hint repeats them."""
+    options: list[str] = []
+    for name in ("config", "db", "results"):
+        value = getattr(args, name, None)
+        if value:
+            options += [f"--{name}", str(value)]
+    return tuple(options)
+
+
 def resolve_settings(args: argparse.Namespace) -> Settings:
-    """Settings from --config/--db/--results; paths are relative to the working directory."""
+    """Where the run is, from the working directory (after -C): --config/--db/--results
+    when given, else the run manifest the workflow wrote, else the demo's config file."""
+    from usher_pipeline.workflow.manifest import MANIFEST_PATH, find_manifest, load_manifest
+
+    found = find_manifest(Path.cwd())
+    manifest = load_manifest(found) if found is not None else None
     config_path: Path | None = Path(args.config) if args.config else None
-    if config_path is None and (args.db is None or Path(DEFAULT_CONFIG).is_file()):
-        config_path = Path(DEFAULT_CONFIG)
-    lock_timeout = DEFAULT_LOCK_TIMEOUT_S
     db = Path(args.db) if args.db else None
     results = Path(args.results) if args.results else None
+    lock_timeout = DEFAULT_LOCK_TIMEOUT_S
     if config_path is not None:
-        from usher_pipeline.config import load_config
-
-        if not config_path.is_file() and not args.config:
-            raise CommandError(
-                f"no config file {config_path} in {Path.cwd()}: pass --config FILE or --db "
-                "FILE, or run in the workflow's directory (-C DIR)"
-            )
-        config = load_config(config_path)
-        lock_timeout = config.store.lock_timeout_seconds
-        db = db or Path(config.duckdb_path)
-        results = results or Path(config.results_dir)
+        config_db, config_results, lock_timeout = library_settings(config_path)
+        db, results = db or config_db, results or config_results
+    elif manifest is not None:
+        config_path = _config_of(manifest)
+        db = db or Path(manifest.duckdb_path)
+        results = results or Path(manifest.results_dir)
+        lock_timeout = manifest.lock_timeout_seconds
+    elif Path(DEFAULT_CONFIG).is_file():
+        config_path = Path(DEFAULT_CONFIG)
+        config_db, config_results, lock_timeout = library_settings(config_path)
+        db, results = db or config_db, results or config_results
+    elif db is None:
+        raise CommandError(
+            f"no usher_pipeline workflow in {Path.cwd()} (no {MANIFEST_PATH}): run snakemake "
+            "in that directory first, or pass -C DIR or --db FILE"
+        )
     assert db is not None
-    return Settings(
-        db=db, results=results or db.parent, config=config_path, lock_timeout=lock_timeout
+    hints = Hints(
+        directory=args.directory,
+        usher_options=given_options(args),
+        snakemake_args=manifest.snakemake_args if manifest is not None else (),
     )
+    return Settings(
+        db=db,
+        results=results or db.parent,
+        config=config_path,
+        lock_timeout=lock_timeout,
+        manifest=manifest,
+        hints=hints,
+    )
+
+
+def _config_of(manifest: Manifest) -> Path | None:
+    """The first config file of a manifest, relative to the workdir when inside it."""
+    if not manifest.configfiles:
+        return None
+    first = Path(manifest.configfiles[0])
+    workdir = Path(manifest.workdir)
+    return first.relative_to(workdir) if first.is_relative_to(workdir) else first
 
 
 # -- commands ------------------------------------------------------------------------------
@@ -101,8 +160,9 @@ def cmd_checkpoints(args: argparse.Namespace, settings: Settings) -> int:
 
     if not settings.db.exists():
         raise CommandError(
-            f"database {settings.db} does not exist: run the workflow, or rebuild it from the "
-            "sentinels with `usher-pipeline repair`"
+            f"database {settings.db} does not exist: run the workflow "
+            f"(`{settings.hints.snakemake()}`), or rebuild it from the sentinels with "
+            f"`{settings.hints.usher('repair')}`"
         )
     rows = settings.store().list_checkpoints()
     headers = ["table", "rows", "created (UTC)", "fprint", "rule"]
@@ -143,7 +203,9 @@ def cmd_verify(args: argparse.Namespace, settings: Settings) -> int:
 
     run = settings.run()
     with Progress() as progress:
-        report = verify(run, settings.db, settings.lock_timeout, progress=progress)
+        report = verify(
+            run, settings.db, settings.lock_timeout, progress=progress, hints=settings.hints
+        )
     print(
         f"checked {settings.db}: {report.tables} tables, {report.sentinels} sentinels, "
         f"{report.steplogs} step logs ({report.outputs} outputs)"
@@ -156,7 +218,8 @@ def cmd_verify(args: argparse.Namespace, settings: Settings) -> int:
     fixable = sum(1 for p in report.problems if p.repairable)
     noun = "problem" if len(report.problems) == 1 else "problems"
     print(
-        f"verify: {len(report.problems)} {noun}, {fixable} repairable with `usher-pipeline repair`"
+        f"verify: {len(report.problems)} {noun}, {fixable} repairable with "
+        f"`{settings.hints.usher('repair')}`"
     )
     return 1
 
@@ -167,7 +230,9 @@ def cmd_repair(args: argparse.Namespace, settings: Settings) -> int:
 
     run = settings.run()
     with Progress() as progress:
-        result = repair(run, settings.db, settings.lock_timeout, progress=progress)
+        result = repair(
+            run, settings.db, settings.lock_timeout, progress=progress, hints=settings.hints
+        )
     if result.moved_aside:
         print(f"moved the unreadable database aside to {result.moved_aside}")
     if result.created:
@@ -183,6 +248,19 @@ def cmd_repair(args: argparse.Namespace, settings: Settings) -> int:
         "recompute with Snakemake"
     )
     return 1 if result.unrepairable else 0
+
+
+def lineage_hints(args: argparse.Namespace) -> Hints:
+    """Hints for `lineage`, which needs no settings: the manifest's when there is a readable
+    one, the plain commands otherwise."""
+    from usher_pipeline.workflow.manifest import ManifestError, find_manifest, load_manifest
+
+    found = find_manifest(Path.cwd())
+    try:
+        arguments = load_manifest(found).snakemake_args if found is not None else ()
+    except ManifestError:
+        arguments = ()
+    return Hints(directory=args.directory, snakemake_args=arguments)
 
 
 def cmd_lineage(args: argparse.Namespace, settings: Settings | None) -> int:
@@ -203,11 +281,9 @@ def cmd_lineage(args: argparse.Namespace, settings: Settings | None) -> int:
         records = [s["details"] for s in data["processing_steps"]]
         target = path_key(data["output"]["path"])
     except (SidecarError, KeyError, TypeError):
-        from usher_pipeline.audit import forcerun_command
-
         raise CommandError(
             f"sidecar {sidecar} is not a provenance sidecar: rerun the provenance rule "
-            f"({forcerun_command('provenance')})"
+            f"(`{lineage_hints(args).forcerun(sidecar)}`)"
         ) from None
     producer = [
         i for i, r in enumerate(records) if any(path_key(e["path"]) == target for e in r["outputs"])
@@ -233,7 +309,8 @@ def cmd_query(args: argparse.Namespace, settings: Settings) -> int:
     """Run read-only SQL and print the result as a table, CSV or JSON."""
     if not settings.db.exists():  # a store would create it
         raise CommandError(
-            f"database {settings.db} does not exist: run the workflow or pass --db FILE"
+            f"database {settings.db} does not exist: run the workflow "
+            f"(`{settings.hints.snakemake()}`) or pass --db FILE"
         )
     frame = settings.store().query(args.sql)
     if args.format == "json":
@@ -383,10 +460,41 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# The package each export command needs (in the `export` extra) and the module it imports.
+EXPORT_PACKAGES = {
+    "export-prov": ("prov", "prov.model"),
+    "export-rocrate": ("rocrate", "rocrate.rocrate"),
+}
+
+
+def require_export_package(command: str) -> None:
+    """Refuse an export command in one line, naming the extra, when its package is missing."""
+    if command not in EXPORT_PACKAGES:
+        return
+    package, module = EXPORT_PACKAGES[command]
+    try:
+        importlib.import_module(module)
+    except ImportError as exc:
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise CommandError(
+            f"{command} needs the package {package}, which cannot be imported ({reason}): "
+            "pip install 'usher_pipeline[export]'"
+        ) from None
+
+
+def with_hints(message: str, settings: Settings | None) -> str:
+    """An error message whose `usher-pipeline repair` (named by the store, which knows no
+    workflow directory) is spelt to work in the user's shell."""
+    if settings is None:
+        return message
+    return message.replace("`usher-pipeline repair`", f"`{settings.hints.usher('repair')}`")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of `usher-pipeline` and `python -m usher_pipeline`."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    settings: Settings | None = None
     try:
         if args.directory:
             try:
@@ -396,11 +504,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                     f"cannot change to directory {args.directory} ({exc.strerror}): pass an "
                     "existing directory to -C"
                 ) from None
+        require_export_package(args.command)
         settings = resolve_settings(args) if args.needs_settings else None
         return int(args.func(args, settings))
     except UsherError as error:
         sys.stdout.flush()
-        print(f"usher-pipeline: error: {error}", file=sys.stderr)
+        print(f"usher-pipeline: error: {with_hints(str(error), settings)}", file=sys.stderr)
         return 1
     except BrokenPipeError:
         return 0

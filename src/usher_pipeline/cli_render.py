@@ -1,17 +1,50 @@
-"""How the `usher-pipeline` command shows things: tables fitted to the terminal, a progress
-line on stderr, and the lineage tree of an output.
+"""How the `usher-pipeline` command shows things: the commands its hints name, tables fitted
+to the terminal, a progress line on stderr, and the lineage tree of an output.
 
 Kept apart from the commands so that they say what to show and this module how.
 """
 
 from __future__ import annotations
 
+import shlex
 import shutil
 import sys
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any, TextIO
+
+
+@dataclass(frozen=True)
+class Hints:
+    """How messages spell the commands they suggest, so that each works pasted in the shell
+    the user is in.
+
+    `directory` is the workflow's working directory as the user gave it (`-C DIR`), None when
+    the shell is in it; `usher_options` the options of `usher-pipeline` the user gave
+    (`--db FILE`, ...); `snakemake_args` what `snakemake` needs to address the workflow from
+    its working directory (the run manifest's `snakemake_args`).
+    """
+
+    directory: str | None = None
+    usher_options: tuple[str, ...] = ()
+    snakemake_args: tuple[str, ...] = ()
+
+    def snakemake(self, *options: str, targets: Sequence[str] = ()) -> str:
+        """A `snakemake` command (targets first: options such as --configfile take a list)."""
+        words = ["snakemake", "--cores", "2", *targets, *self.snakemake_args, *options]
+        command = shlex.join(words)
+        return f"cd {shlex.quote(self.directory)} && {command}" if self.directory else command
+
+    def forcerun(self, output: str | Path) -> str:
+        """The command that reruns the one job that wrote `output` (and what depends on it)."""
+        return self.snakemake("--forcerun", str(output))
+
+    def usher(self, *arguments: str) -> str:
+        """A `usher-pipeline` command on the same workflow."""
+        where = ("-C", self.directory) if self.directory else ()
+        return shlex.join(["usher-pipeline", *where, *self.usher_options, *arguments])
 
 
 def terminal_width() -> int:
