@@ -29,8 +29,10 @@ import psutil
 import pytest
 import yaml
 
+from usher_pipeline import library_path
 from usher_pipeline.persistence import PipelineStore
 from usher_pipeline.persistence.provenance import sidecar_path
+from usher_pipeline.scaffold import LibraryNotFound
 from usher_pipeline.workflow.fetch import AUDIT_VARIABLE
 
 REPO = Path(__file__).resolve().parents[1]
@@ -369,6 +371,17 @@ def test_init_refuses_a_folder_that_is_not_empty(tmp_path):
     assert sorted(p.name for p in (tmp_path / "busy").iterdir()) == ["notes.txt"]
 
 
+def test_init_takes_a_folder_holding_only_git_and_a_name_with_spaces(tmp_path):
+    (tmp_path / "repo" / ".git").mkdir(parents=True)
+    done = run(tmp_path, "usher-pipeline", "init", "repo", "--name", "Hearing screen: 'v2'")
+    assert done.stdout.splitlines()[0] == "wrote 10 files into repo; run it with:"
+    config = yaml.safe_load((tmp_path / "repo" / "config" / "config.yaml").read_text())
+    assert config["workflow_name"] == "Hearing screen: 'v2'"
+    readme = (tmp_path / "repo" / "README.md").read_text()
+    assert readme.splitlines()[0] == "# Hearing screen: 'v2'"
+    assert (tmp_path / "repo" / ".gitignore").read_text().splitlines()[0] == "results/"
+
+
 def test_library_path_names_the_fix_when_the_rules_are_missing(tmp_path):
     # the package alone, as a plain (not editable) install leaves it: no rules/ beside it
     site = tmp_path / "site"
@@ -393,6 +406,18 @@ def test_library_path_names_the_fix_when_the_rules_are_missing(tmp_path):
         cwd=tmp_path,
     )
     assert pointed.stdout.strip() == str(REPO / "rules" / "library.smk"), pointed.stderr
+
+
+def test_library_path_names_the_rule_files_it_has():
+    assert library_path() == REPO / "rules"
+    assert library_path("module.smk") == REPO / "rules" / "module.smk"
+    with pytest.raises(LibraryNotFound) as info:
+        library_path("provenance.snk")
+    known = ", ".join(sorted(p.name for p in (REPO / "rules").glob("*.smk")))
+    assert str(info.value) == (
+        f"the usher_pipeline library has no rule file 'provenance.snk' in {REPO / 'rules'}: "
+        f"use one of {known}"
+    )
 
 
 # -- the user's workflow, in both forms ---------------------------------------------------------
