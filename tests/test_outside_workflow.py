@@ -499,6 +499,25 @@ def test_every_hint_the_cli_prints_works_when_pasted(tmp_path, form):
     assert [p.read_bytes() for p in untouched] == steplogs
 
 
+@pytest.mark.slow
+def test_verify_names_a_sentinel_that_is_no_longer_parquet_and_the_fix(tmp_path):
+    workdir = init(tmp_path / "cut")
+    run(workdir, "snakemake", "--cores", "2")
+    before = fingerprints(workdir)
+    cut = workdir / "results/tables/chrom_stats_chrx.parquet"
+    cut.write_bytes(cut.read_bytes()[:-64])  # a copy cut short: no Parquet footer
+    verify = run(workdir, "usher-pipeline", "verify", check=False)
+    assert verify.returncode == 1, output(verify)
+    assert "Traceback" not in output(verify), output(verify)
+    lines = [line for line in verify.stdout.splitlines() if "chrom_stats_chrx.parquet" in line]
+    assert len(lines) == 1, verify.stdout
+    for hint in dict.fromkeys(re.findall(r"`([^`]+)`", verify.stdout)):
+        run(workdir, *shlex.split(hint))
+    after = run(workdir, "usher-pipeline", "verify")
+    assert "problem" not in after.stdout.replace("0 problems", ""), after.stdout
+    assert fingerprints(workdir) == before
+
+
 def kill_points(workdir: Path) -> dict[str, Callable[[], bool]]:
     """When to kill: inside a fetch (two of its five batches committed), right after a
     job's outputs appear (its step log, the last of them) and in the provenance merge (its
@@ -514,7 +533,7 @@ def kill_points(workdir: Path) -> dict[str, Callable[[], bool]]:
 @pytest.mark.slow
 @pytest.mark.parametrize("point", ["in_a_fetch", "after_outputs", "in_the_merge"])
 def test_a_kill_at_any_point_resumes_with_the_same_command(clean, tmp_path, point):
-    form = "module" if "module" in clean.parent.name else "include"
+    form = "module" if "module usher:" in (clean / "Snakefile").read_text() else "include"
     workdir = init(tmp_path / "killed", form, fetch={"latency_seconds": 0.25})
     first, second = tmp_path / "audit-1.txt", tmp_path / "audit-2.txt"
     kill_when(
