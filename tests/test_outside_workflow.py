@@ -564,7 +564,11 @@ def test_a_fetch_that_raises_fails_its_job_and_the_rerun_fetches_only_the_rest(t
     env = {FLAKY_VARIABLE: str(marker), AUDIT_VARIABLE: str(first)}
     failed = run(workdir, "snakemake", "--cores", "1", check=False, **env)
     assert failed.returncode != 0
-    assert "ConnectionError: the service did not answer for" in output(failed)
+    text = output(failed)
+    assert text.count("ConnectionError: the service did not answer for") == 1, text
+    assert text.count("Traceback (most recent call last)") == 1, text  # printed once
+    logs = [p.read_text() for p in (workdir / "logs" / "chrom_stats").glob("*.log")]
+    assert sum("ConnectionError: the service did not answer" in log for log in logs) == 1
     assert not marker.exists()
     committed = {batch for event, _, batch in audit(first) if event == "committed"}
     run(workdir, "snakemake", "--cores", "1", **{AUDIT_VARIABLE: str(second)})
