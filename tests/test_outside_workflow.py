@@ -578,6 +578,27 @@ def test_a_fetch_that_raises_fails_its_job_and_the_rerun_fetches_only_the_rest(t
 
 
 @pytest.mark.slow
+def test_moving_a_rule_keeps_its_results_with_the_documented_commands(tmp_path):
+    workdir = init(tmp_path / "moved")
+    run(workdir, "snakemake", "--cores", "2")
+    before = fingerprints(workdir)
+    # the rule moves from rules/summary.smk into the Snakefile: its script path changes
+    rule = (workdir / "rules/summary.smk").read_text().replace('"../', '"')
+    (workdir / "rules/summary.smk").unlink()
+    snakefile = workdir / "Snakefile"
+    snakefile.write_text(
+        snakefile.read_text().replace('include: "rules/summary.smk"\n', rule.split("\n", 2)[2])
+    )
+    plan = run(workdir, "snakemake", "--cores", "2", "-n")
+    assert "Code has changed since last execution" in output(plan)
+    changed = run(workdir, "snakemake", "--list-changes", "code").stdout.split()
+    assert "results/tables/record_summary.parquet" in changed
+    run(workdir, "snakemake", "--cleanup-metadata", *changed)
+    assert "Nothing to be done" in output(run(workdir, "snakemake", "--cores", "2"))
+    assert fingerprints(workdir) == before
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("form", FORMS)
 def test_a_misspelt_library_key_stops_the_run_before_any_job(tmp_path, form):
     workdir = init(tmp_path / "misspelt", form)
