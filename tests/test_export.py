@@ -3,20 +3,27 @@ Workflow Run RO-Crate with `rocrate` and `runcrate`, and the Snakemake report.""
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
+import shutil
+import subprocess
 import zipfile
 from pathlib import Path
+from typing import Any
 
 import pytest
 from conftest import mounted_read_only, mounted_tmpfs
-from test_cli import REPO, make_demo_run, run_snakemake
+from test_cli import BIN, REPO, make_demo_run, run_snakemake
 
+import usher_pipeline
 from usher_pipeline.cli import main
 from usher_pipeline.export.run import load_run
 from usher_pipeline.export.summary import render_summary
+from usher_pipeline.export.workflow import FALLBACK_NAME
 from usher_pipeline.lineage import Lineage
+from usher_pipeline.workflow.manifest import MANIFEST_PATH, load_manifest
 
 PROVENANCE_RUN_CRATE = "https://w3id.org/ro/wfrun/provenance/0.5"
 
@@ -34,6 +41,11 @@ def in_run(demo_run: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 def steplogs(workdir: Path) -> list[dict]:
     return [json.loads(p.read_text()) for p in sorted((workdir / "results/steplogs").glob("*"))]
+
+
+def listed(value: Any) -> list[Any]:
+    """A crate property as a list (RO-Crate writes one value without a list)."""
+    return value if isinstance(value, list) else [value]
 
 
 # -- W3C PROV ------------------------------------------------------------------------------
@@ -59,10 +71,12 @@ def test_prov_export_reads_back_with_entities_activities_and_relations(in_run, t
 
     logs = steplogs(in_run)
     paths = {os.path.normpath(e["path"]) for r in logs for e in r["inputs"] + r["outputs"]}
+    manifest = load_manifest(in_run / MANIFEST_PATH)
+    paths |= {os.path.normpath(f.path) for f in manifest.workflow.files}  # and the config
     entities = [r for r in records if isinstance(r, ProvEntity)]
-    assert len(entities) == len(paths) + 1  # every file, and the config
+    assert len(entities) == len(paths) + 1  # every file, and the workflow as a plan
     activities = [r for r in records if isinstance(r, ProvActivity)]
-    assert len(activities) == len(logs) == 9
+    assert len(activities) == len(logs) + 1 == 10  # every job, and the run
     agents = {str(a.identifier) for a in records if isinstance(a, ProvAgent)}
     assert {"sw:snakemake-9.27.1", "sw:usher_pipeline-0.1.0"} <= agents
     assert any(a.startswith("host:") for a in agents) and any(a.startswith("user:") for a in agents)
@@ -124,15 +138,15 @@ def test_rocrate_export_follows_the_provenance_run_crate_profile(in_run, tmp_pat
         assert action["startTime"] <= action["endTime"]
         assert action["result"], action.id
     evidence = next(a for a in jobs if a.id == "#job-evidence-layer-hearing")
-    inputs = {o.id for o in evidence["object"]}
+    inputs = {o.id for o in listed(evidence["object"])}
     assert "results/tables/gene_universe.parquet" in inputs
-    assert [r.id for r in evidence["result"]] == ["results/tables/evidence_hearing.parquet"]
+    assert [r.id for r in listed(evidence["result"])] == ["results/tables/evidence_hearing.parquet"]
     assert (target / "results/tables/evidence_hearing.parquet").is_file()
 
-    config = next(o for o in run["object"] if o.id == "config/config.yaml")
+    config = next(o for o in listed(run["object"]) if o.id == "config/config.yaml")
     assert config["exampleOfWork"].type == "FormalParameter"
-    assert config["exampleOfWork"] in workflow["input"]
-    step_ids = {s.id for s in workflow["step"]}
+    assert config["exampleOfWork"] in listed(workflow["input"])
+    step_ids = {s.id for s in listed(workflow["step"])}
     controls = [e for e in crate.get_entities() if e.type == "ControlAction"]
     assert len(controls) == len(jobs)
     assert all(c["instrument"].id in step_ids for c in controls)
@@ -276,3 +290,395 @@ def test_snakemake_report_holds_tiers_table_and_provenance_summary(demo_run, tmp
         page = archive.read("report/report.html").decode()
     assert "Provenance summary of this run" in page
     assert "HIGH at a score of\\nat least 0.5" in page  # caption rendered with the config
+
+
+# -- a workflow of its own, outside the repository ---------------------------------------
+
+OWN_SNAKEFILE = f"""\
+configfile: "config.yaml"
+
+
+include: "{REPO / "rules" / "library.smk"}"
+
+
+USHER.register("numbers")
+
+
+rule all:
+    default_target: True
+    input:
+        USHER.run_record,
+        USHER.sidecars(),
+        USHER.products(),
+        USHER.steplogs(),
+
+
+include: "rules/own.smk"
+include: "{REPO / "rules" / "provenance.smk"}"
+"""
+OWN_RULES = """\
+rule numbers:
+    output:
+        table=USHER.sentinel("numbers"),
+        steplog=USHER.steplog("numbers"),
+    log:
+        USHER.log("numbers", "numbers"),
+    params:
+        how_many=config["count"],
+    script:
+        "../scripts/numbers.py"
+"""
+OWN_SCRIPT = """\
+import polars as pl
+
+from usher_pipeline.workflow import Job
+
+with Job(snakemake) as job:
+    count = int(snakemake.params.how_many)
+    job.save(pl.DataFrame({"n": list(range(count))}), description="the numbers 0 .. count-1")
+"""
+#: The workflow's own files, by their path in its folder, with their role.
+OWN_FILES = {
+    "Snakefile": "snakefile",
+    "rules/own.smk": "rules",
+    "scripts/numbers.py": "script",
+    "config.yaml": "config",
+}
+
+
+def git(folder: Path, *args: str) -> str:
+    done = subprocess.run(
+        ["git", "-c", "user.name=test", "-c", "user.email=test@example.org", *args],
+        cwd=folder,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return done.stdout.strip()
+
+
+def make_own_run(folder: Path, config: str, tag: str | None = None) -> Path:
+    """A finished run of a one-rule workflow of its own in `folder` (a git repository with
+    the tag `tag` when given), which includes the library's rules by absolute path."""
+    (folder / "rules").mkdir(parents=True)
+    (folder / "scripts").mkdir()
+    (folder / "Snakefile").write_text(OWN_SNAKEFILE)
+    (folder / "rules" / "own.smk").write_text(OWN_RULES)
+    (folder / "scripts" / "numbers.py").write_text(OWN_SCRIPT)
+    (folder / "config.yaml").write_text(config)
+    if tag is not None:
+        git(folder, "init", "-q")
+        git(folder, "add", *OWN_FILES)
+        git(folder, "commit", "-q", "-m", "a workflow of its own")
+        git(folder, "tag", tag)
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
+    done = subprocess.run(
+        [str(BIN / "snakemake"), "--cores", "1"],
+        cwd=folder,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    return folder
+
+
+def own_hashes(folder: Path) -> dict[str, str]:
+    return {name: hashlib.sha256((folder / name).read_bytes()).hexdigest() for name in OWN_FILES}
+
+
+@pytest.fixture(scope="module")
+def tagged_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A run of a workflow in git, tagged v1.4.2, named after its folder."""
+    folder = tmp_path_factory.mktemp("exports") / "squares-workflow"
+    return make_own_run(folder, "count: 5\n", tag="v1.4.2")
+
+
+@pytest.fixture(scope="module")
+def named_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A run of a workflow outside git, named by the config key `workflow_name`."""
+    folder = tmp_path_factory.mktemp("exports") / "folder-name"
+    return make_own_run(folder, "count: 3\nworkflow_name: numbers study\n")
+
+
+def test_own_workflow_runs_outside_the_repository(tagged_run, named_run):
+    for folder in (tagged_run, named_run):
+        assert not folder.resolve().is_relative_to(REPO)
+        assert (folder / MANIFEST_PATH).is_file()
+
+
+def test_rocrate_of_an_own_workflow_names_its_files_name_version_and_the_library(
+    tagged_run, tmp_path, monkeypatch, capsys
+):
+    from rocrate.rocrate import ROCrate
+
+    monkeypatch.chdir(tagged_run)
+    version = git(tagged_run, "describe", "--always", "--dirty", "--tags")
+    assert version.startswith("v1.4.2")
+    target = tmp_path / "crate"
+    assert main(["export-rocrate", str(target)]) == 0
+    captured = capsys.readouterr()
+    assert "run of squares-workflow" in captured.out
+    assert "no run manifest" not in captured.err
+    crate = ROCrate(target)
+
+    workflow = crate.mainEntity
+    assert workflow.id == "Snakefile"
+    assert "ComputationalWorkflow" in listed(workflow.type)
+    assert workflow["name"] == "squares-workflow"
+    assert workflow["version"] == version
+    hashes = own_hashes(tagged_run)
+    for name, digest in hashes.items():
+        entity = crate.get(name)
+        assert entity is not None, name
+        assert "File" in listed(entity.type)
+        assert entity["sha256"] == digest, name
+        assert (target / name).read_bytes() == (tagged_run / name).read_bytes()
+    parts = {e.id for e in listed(workflow["hasPart"])}
+    assert {"rules/own.smk", "scripts/numbers.py"} <= parts
+    assert "SoftwareSourceCode" in listed(crate.get("scripts/numbers.py").type)
+    run = next(a for a in listed(crate.root_dataset["mentions"]) if a.id == "#workflow-run")
+    assert run["name"] == "Run of squares-workflow"
+    assert "config.yaml" in {o.id for o in listed(run["object"])}
+
+    library = next(e for e in listed(workflow["softwareRequirements"]))
+    assert library.type == "SoftwareApplication"
+    assert (library["name"], library["version"]) == ("usher_pipeline", usher_pipeline.__version__)
+    rule = crate.get("#rule-numbers")
+    assert rule["softwareRequirements"] is library
+    assert rule["url"] == "rules/own.smk" and rule["version"] == version
+
+
+def test_prov_of_an_own_workflow_names_its_files_config_and_the_library(
+    tagged_run, tmp_path, monkeypatch
+):
+    from prov.model import (
+        PROV_TYPE,
+        ProvActivity,
+        ProvAssociation,
+        ProvDocument,
+        ProvEntity,
+        ProvMembership,
+        ProvUsage,
+    )
+
+    monkeypatch.chdir(tagged_run)
+    target = tmp_path / "run.prov.json"
+    assert main(["export-prov", str(target)]) == 0
+    doc = ProvDocument.deserialize(source=str(target), format="json")
+    records = doc.get_records()
+    entities = {str(r.identifier): r for r in records if isinstance(r, ProvEntity)}
+
+    def attributes(record) -> dict[str, list[str]]:
+        found: dict[str, list[str]] = {}
+        for key, value in record.attributes:
+            found.setdefault(str(key), []).append(str(value))
+        return found
+
+    plan = attributes(entities["workflow:squares-workflow"])
+    assert {"prov:Plan", "prov:Collection"} <= set(plan[str(PROV_TYPE)])
+    assert plan["usher:version"] == [git(tagged_run, "describe", "--always", "--dirty", "--tags")]
+    members = {
+        str(r.args[1])
+        for r in records
+        if isinstance(r, ProvMembership) and str(r.args[0]) == "workflow:squares-workflow"
+    }
+    assert members == {"file:Snakefile", "file:rules/own.smk", "file:scripts/numbers.py"}
+    for name, digest in own_hashes(tagged_run).items():
+        found = attributes(entities[f"file:{name}"])
+        assert found["usher:sha256"] == [digest], name
+        assert found["usher:role"] == [OWN_FILES[name]], name
+    assert attributes(entities["file:config.yaml"])[str(PROV_TYPE)] == ["usher:Config"]
+
+    run = next(
+        r for r in records if isinstance(r, ProvActivity) and str(r.identifier).startswith("run:")
+    )
+    assert str(run.identifier) == "run:squares-workflow"
+    used = {
+        str(r.args[1]) for r in records if isinstance(r, ProvUsage) and r.args[0] == run.identifier
+    }
+    assert {"file:config.yaml", "workflow:squares-workflow"} <= used
+    job_used = {
+        str(r.args[1])
+        for r in records
+        if isinstance(r, ProvUsage) and str(r.args[0]) == "job:numbers"
+    }
+    assert "file:config.yaml" in job_used
+    associations = {
+        (str(r.args[1]), str(r.args[2]))
+        for r in records
+        if isinstance(r, ProvAssociation) and r.args[0] == run.identifier
+    }
+    assert (f"sw:usher_pipeline-{usher_pipeline.__version__}", "workflow:squares-workflow") in (
+        associations
+    )
+
+
+def test_exports_name_a_workflow_by_its_config_key_and_give_no_version_outside_git(
+    named_run, tmp_path, monkeypatch
+):
+    from prov.model import ProvDocument
+    from rocrate.rocrate import ROCrate
+
+    monkeypatch.chdir(named_run)
+    assert main(["export-rocrate", str(tmp_path / "crate")]) == 0
+    workflow = ROCrate(tmp_path / "crate").mainEntity
+    assert workflow["name"] == "numbers study"
+    assert workflow.get("version") is None
+    assert main(["export-prov", str(tmp_path / "run.prov.json")]) == 0
+    doc = ProvDocument.deserialize(source=str(tmp_path / "run.prov.json"), format="json")
+    plan = next(r for r in doc.get_records() if str(r.identifier) == "workflow:numbers_study")
+    assert dict((str(k), str(v)) for k, v in plan.attributes)["prov:label"] == "numbers study"
+    assert "usher:version" not in {str(k) for k, _ in plan.attributes}
+
+
+def test_exports_of_a_file_changed_since_the_run_keep_the_hash_that_ran(tmp_path, monkeypatch):
+    from prov.model import ProvDocument
+    from rocrate.rocrate import ROCrate
+
+    folder = make_own_run(tmp_path / "changed", "count: 4\n")
+    ran = own_hashes(folder)["scripts/numbers.py"]
+    (folder / "scripts" / "numbers.py").write_text(OWN_SCRIPT + "# edited after the run\n")
+    monkeypatch.chdir(folder)
+    assert main(["export-rocrate", str(tmp_path / "crate")]) == 0
+    crate = ROCrate(tmp_path / "crate")
+    script = next(e for e in crate.get_entities() if e.id.endswith("/scripts/numbers.py"))
+    assert script.id == (folder / "scripts" / "numbers.py").as_uri()
+    assert script["sha256"] == ran and "changed since the run" in script["description"]
+    assert not (tmp_path / "crate" / "scripts" / "numbers.py").exists()
+    assert main(["export-prov", str(tmp_path / "run.prov.json")]) == 0
+    doc = ProvDocument.deserialize(source=str(tmp_path / "run.prov.json"), format="json")
+    entity = next(r for r in doc.get_records() if str(r.identifier) == "file:scripts/numbers.py")
+    found = {str(k): v for k, v in entity.attributes}
+    assert found["usher:sha256"] == ran and found["usher:changed_since_run"] is True
+
+
+def test_exports_of_a_run_without_manifest_describe_the_demo_and_say_so(
+    tagged_run, tmp_path, monkeypatch, capsys
+):
+    from rocrate.rocrate import ROCrate
+
+    old = tmp_path / "old-run"
+    shutil.copytree(tagged_run, old, symlinks=True, ignore=shutil.ignore_patterns("*.lock"))
+    (old / MANIFEST_PATH).unlink()
+    monkeypatch.chdir(old)
+    located = ["--db", "results/pipeline.duckdb", "--config", "config.yaml"]
+    assert main([*located, "export-rocrate", str(tmp_path / "crate")]) == 0
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "no run manifest" in err, err
+    workflow = ROCrate(tmp_path / "crate").mainEntity
+    assert (workflow["name"], workflow["version"]) == (FALLBACK_NAME, usher_pipeline.__version__)
+    assert main([*located, "export-prov", str(tmp_path / "run.prov.json")]) == 0
+    assert "no run manifest" in capsys.readouterr().err
+
+
+# -- the RO-Crate project's validator ------------------------------------------------------
+
+#: Checks of roc-validator 0.13 that fetch the crate's JSON-LD context over the network, by
+#: identifier at REQUIRED severity, with their names (found by running it offline on the
+#: crate as written: these fail with "Unable to retrieve the JSON-LD context").
+CONTEXT_FETCHING = {
+    "ro-crate-1.3": {
+        "ro-crate-1.3_4.2": "File Descriptor @context property validation",
+        "ro-crate-1.2_4.1": "Validation of the compaction format of the file descriptor",
+    },
+    "workflow-run-crate-0.5": {
+        "ro-crate-1.1_3.2": "File Descriptor @context property validation",
+        "ro-crate-1.1_3.1": "Validation of the compaction format of the file descriptor",
+    },
+}
+#: Checks of the validator's Workflow Run Crate 0.5 profile that hold only for an RO-Crate 1.1
+#: crate (the profile is built on RO-Crate 1.1), while `rocrate` writes RO-Crate 1.3.
+RO_CRATE_1_1_ONLY = {
+    "workflow-run-crate-0.5": {
+        "ro-crate-1.1_5.3": "Metadata File Descriptor entity: `conformsTo` property",
+        "workflow-ro-crate-1.0_2.1": "Main Workflow type",
+    }
+}
+
+
+def offline_copy(crate: Path, target: Path) -> Path:
+    """A copy of the crate whose metadata carries the RO-Crate context inline: the context
+    document that `rocrate` ships, whose @id is the URL the crate names."""
+    from rocrate.vocabs import RO_CRATE
+
+    shutil.copytree(crate, target)
+    metadata = json.loads((target / "ro-crate-metadata.json").read_text())
+    assert metadata["@context"] == RO_CRATE["@id"] == "https://w3id.org/ro/crate/1.3/context"
+    metadata["@context"] = RO_CRATE["@context"]
+    (target / "ro-crate-metadata.json").write_text(json.dumps(metadata))
+    return target
+
+
+def roc_validate(crate: Path, profile: str, skip: dict[str, str], workdir: Path) -> dict:
+    """The JSON report of `rocrate-validator validate`, offline, at REQUIRED severity."""
+    report = workdir / f"{profile}.json"
+    done = subprocess.run(
+        [str(BIN / "rocrate-validator"), "--no-interactive", "--disable-color", "validate"]
+        + ["--profile-identifier", profile, "--requirement-severity", "REQUIRED"]
+        + ["--offline", "--cache-path", str(workdir / "http-cache"), "--no-paging"]
+        + ["--skip-checks", ",".join(skip), "--output-format", "json"]
+        + ["--output-file", str(report), str(crate)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert report.is_file(), done.stdout + done.stderr
+    return json.loads(report.read_text())
+
+
+def skipped_by_us(report: dict) -> dict[str, str]:
+    """The checks the settings skipped, by each identifier they answer to (the validator
+    names a check by its own profile's number and by the number in the profile validated)."""
+    found: dict[str, str] = {}
+    for detail in report["skipped_check_details"]:
+        if detail["message"] == "Check was skipped by validation settings":
+            for key in ("identifier", "source_identifier"):
+                if detail.get(key):
+                    found[detail[key]] = detail["name"]
+    return found
+
+
+def export_crate(run: Path, target: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.chdir(run)
+    assert main(["export-rocrate", str(target)]) == 0
+    return target
+
+
+@pytest.mark.parametrize("profile", ["ro-crate-1.3", "workflow-run-crate-0.5"])
+def test_rocrate_passes_roc_validator_at_required_severity(
+    tagged_run, tmp_path, monkeypatch, profile
+):
+    crate = export_crate(tagged_run, tmp_path / "crate", monkeypatch)
+    skip = {**CONTEXT_FETCHING[profile], **RO_CRATE_1_1_ONLY.get(profile, {})}
+    report = roc_validate(offline_copy(crate, tmp_path / "copy"), profile, skip, tmp_path)
+    assert report["issues"] == [] and report["passed"] is True, report["issues"]
+    skipped = skipped_by_us(report)
+    assert {key: skipped.get(key) for key in skip} == skip  # the identifiers name those checks
+    assert len(set(skipped.values())) == len(skip)  # and no other check answers to them
+    others = [d for d in report["skipped_check_details"] if d["name"] not in skip.values()]
+    assert all("availab" in d["message"] or "detached" in d["message"] for d in others), others
+    stats = report["statistics"]
+    assert stats["total_failed_checks"] == 0 and stats["total_passed_checks"] > 20
+
+
+def test_roc_validator_refuses_a_crate_that_breaks_a_required_rule(
+    tagged_run, tmp_path, monkeypatch
+):
+    crate = export_crate(tagged_run, tmp_path / "crate", monkeypatch)
+    copy = offline_copy(crate, tmp_path / "copy")
+    metadata = json.loads((copy / "ro-crate-metadata.json").read_text())
+    graph = {e["@id"]: e for e in metadata["@graph"]}
+    del graph["rules/own.smk"]["name"]
+    del graph["#job-numbers"]["instrument"]
+    (copy / "ro-crate-metadata.json").write_text(json.dumps(metadata))
+    base = roc_validate(copy, "ro-crate-1.3", CONTEXT_FETCHING["ro-crate-1.3"], tmp_path)
+    assert base["passed"] is False
+    names = {i["check"]["name"] for i in base["issues"]}
+    assert "Script or Workflow: REQUIRED `name` property" in names, base["issues"]
+    profile = "workflow-run-crate-0.5"
+    skip = {**CONTEXT_FETCHING[profile], **RO_CRATE_1_1_ONLY[profile]}
+    run = roc_validate(copy, profile, skip, tmp_path)
+    assert run["passed"] is False
+    assert "Action instrument" in {i["check"]["name"] for i in run["issues"]}, run["issues"]

@@ -345,10 +345,19 @@ def cmd_query(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_export_prov(args: argparse.Namespace, settings: Settings) -> int:
     """Write the run as a PROV-JSON document."""
     from usher_pipeline.export.prov import write_prov
+    from usher_pipeline.export.workflow import fallback_note
 
     run = settings.run()
+    if settings.manifest is None:
+        print(f"usher-pipeline: {fallback_note(Path.cwd())}", file=sys.stderr)
     with Progress() as progress:
-        summary = write_prov(run, args.file, config_path=settings.config, progress=progress)
+        summary = write_prov(
+            run,
+            args.file,
+            config_path=settings.config,
+            progress=progress,
+            manifest=settings.manifest,
+        )
     print(
         f"wrote {args.file}: {summary['entities']} entities, {summary['activities']} "
         f"activities, {summary['agents']} agents, {summary['relations']} relations"
@@ -377,8 +386,11 @@ def cmd_init(args: argparse.Namespace, settings: Settings | None) -> int:
 def cmd_export_rocrate(args: argparse.Namespace, settings: Settings) -> int:
     """Write the run as a Workflow Run RO-Crate (Provenance Run Crate profile)."""
     from usher_pipeline.export.rocrate import write_rocrate
+    from usher_pipeline.export.workflow import fallback_note
 
     run = settings.run()
+    if settings.manifest is None:
+        print(f"usher-pipeline: {fallback_note(Path.cwd())}", file=sys.stderr)
     with Progress() as progress:
         summary = write_rocrate(
             run,
@@ -386,10 +398,11 @@ def cmd_export_rocrate(args: argparse.Namespace, settings: Settings) -> int:
             config_path=settings.config,
             snakefile=Path(args.snakefile) if args.snakefile else None,
             progress=progress,
+            manifest=settings.manifest,
         )
     print(
-        f"wrote {args.dir}: {summary['actions']} actions, {summary['files']} files, "
-        f"conforms to {', '.join(summary['profiles'])}"
+        f"wrote {args.dir}: run of {summary['workflow']}, {summary['actions']} actions, "
+        f"{summary['files']} files, conforms to {', '.join(summary['profiles'])}"
     )
     return 0
 
@@ -460,7 +473,9 @@ def build_parser() -> argparse.ArgumentParser:
     crate = add("export-rocrate", cmd_export_rocrate, "write the run as a Workflow Run RO-Crate")
     crate.add_argument("dir", metavar="DIR")
     crate.add_argument(
-        "--snakefile", metavar="FILE", help="the workflow's Snakefile (default: ./Snakefile)"
+        "--snakefile",
+        metavar="FILE",
+        help="the Snakefile that ran, for a run without a manifest (default: ./Snakefile)",
     )
     init_help = "write a new workflow that uses the library into DIR"
     init = sub.add_parser("init", help=init_help, description=init_help)
