@@ -19,11 +19,14 @@ from usher_pipeline.workflow.fetch import (
     AUDIT_VARIABLE,
     BatchMismatch,
     FileLedger,
+    batch_folder,
+    drop_batches,
     progress_path,
     remaining_share,
     write_progress,
 )
 from usher_pipeline.workflow.ingest import ingest_sentinels
+from usher_pipeline.workflow.merge import merge_provenance
 
 KEYS = list(range(100))
 BATCH = 10
@@ -175,12 +178,29 @@ def test_remaining_share_reads_the_progress_note(tmp_path):
         assert remaining_share(sentinel) == 1.0
 
 
+def test_drop_batches_removes_only_the_tables_named(tmp_path):
+    tables_dir = tmp_path / "results/tables"
+    for table, count in (("alpha", 3), ("beta", 2)):
+        ledger = FileLedger(batch_folder(tables_dir / f"{table}.parquet"))
+        for n in range(count):
+            ledger.commit(f"b{n}", pl.DataFrame({"key": [n]}))
+        write_progress(progress_path(tables_dir / f"{table}.parquet"), count, count)
+    assert drop_batches([tables_dir / "alpha.parquet", tables_dir / "gamma.parquet"]) == 3
+    assert not (tables_dir / ".partial/alpha").exists()
+    assert remaining_share(tables_dir / "alpha.parquet") == 1.0
+    assert len(FileLedger(tables_dir / ".partial/beta").committed()) == 2  # not named: kept
+    assert remaining_share(tables_dir / "beta.parquet") == 0.0
+    assert drop_batches([str(tables_dir / "beta.parquet")]) == 2
+    assert not (tables_dir / ".partial").exists()  # the last one leaves no empty folder
+    assert drop_batches([tables_dir / "beta.parquet"]) == 0
+
+
 def test_batch_size_below_one_is_rejected():
     with pytest.raises(ValueError, match="batch_size is 0: use a whole number of at least 1"):
         plan_batches(KEYS, 0, "")
 
 
-# -- through a Job: partial state lives until the table is saved --------------------------------
+# -- through a Job: batches live until the provenance merge -------------------------------------
 
 
 def fetch_job(tmp_path: Path, mode: str) -> object:
@@ -206,10 +226,19 @@ def run_fetch_job(tmp_path: Path, mode: str, source: Source) -> None:
         job.save(frame, description="numbers and their triples")
 
 
+def merge(tmp_path: Path) -> dict[str, object]:
+    """The provenance merge of the fetch job's step log, as the provenance rule runs it."""
+    return merge_provenance(
+        [tmp_path / "results/steplogs/things.json"],
+        pipeline_version="test",
+        data_source_versions={},
+    )
+
+
 @pytest.mark.parametrize("mode", ["job", "head"])
-def test_fetch_batches_are_files_until_the_step_log_in_both_modes(tmp_path, mode):
+def test_fetch_batches_are_files_until_the_provenance_merge_in_both_modes(tmp_path, mode):
     """Batches are private to the job: Parquet files beside the outputs, never in the shared
-    database, and gone once the job has written its step log."""
+    database; they outlive the job's step log and go with the provenance merge."""
     db = tmp_path / "results/pipeline.duckdb"
     sentinel = tmp_path / "results/tables/things.parquet"
     partial = tmp_path / "results/tables/.partial/things"
@@ -224,7 +253,11 @@ def test_fetch_batches_are_files_until_the_step_log_in_both_modes(tmp_path, mode
     rerun = Source()
     run_fetch_job(tmp_path, mode, rerun)
     assert [c[0] for c in rerun.calls] == [70, 80, 90]
+    assert len(FileLedger(partial).committed()) == 10  # kept beyond the step log
+    assert remaining_share(sentinel) == 0.0
+    assert merge(tmp_path)["batches_dropped"] == 10
     assert not partial.parent.exists()
+    assert remaining_share(sentinel) == 1.0  # the note went with them
     if mode == "job":
         assert tables(db) == {"_checkpoints": 1, "_provenance": 0, "things": 100}
     else:
@@ -290,8 +323,23 @@ with Job(smk) as job:
         frame = job.fetch(list(range(100)), rerun, batch_size=10)
         job.save(frame, description="numbers")
     assert rerun.calls == []
-    assert not partial.exists()
     assert tables(tmp_path / "results/pipeline.duckdb")["things"] == 100
+
+    # Killed again after its step log, before Snakemake recorded it finished: Snakemake
+    # removes its outputs and reruns it, and the batches are still there.
+    sentinel = tmp_path / "results/tables/things.parquet"
+    steplog = tmp_path / "results/steplogs/things.json"
+    first = fingerprint_parquet(sentinel)[0]
+    sentinel.unlink()
+    steplog.unlink()
+    again = Source()
+    with Job(fetch_job(tmp_path, "job")) as job:
+        frame = job.fetch(list(range(100)), again, batch_size=10)
+        job.save(frame, description="numbers")
+    assert again.calls == []
+    assert fingerprint_parquet(sentinel)[0] == first
+    assert merge(tmp_path)["batches_dropped"] == 10
+    assert not partial.parent.exists()
 
 
 # -- combining batches: one rule with appends ---------------------------------------------------

@@ -6,6 +6,10 @@ recognises what was already committed, and a changed setting never reuses stale 
 ledger keeps the committed batches as Parquet files beside the outputs, in both database
 modes: they are private to the job, so they stay out of the shared database and its lock.
 
+The batches outlive the job: Snakemake may rerun a job that wrote its step log if it was
+killed before recording it as finished, and that rerun must fetch nothing again. They go
+when the provenance rule merges the job's step log (`drop_batches`), by then a finished job.
+
 Batches combine by the rule of an append (`persistence.appends`): each has the columns of the
 first, by name, with the same types or widenings that keep every value. A batch that does not
 fit stops the fetch before it is committed, and before the next batch is fetched.
@@ -18,7 +22,7 @@ import logging
 import os
 import shutil
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
@@ -62,9 +66,10 @@ def progress_path(sentinel: str | Path) -> Path:
 def write_progress(path: Path, committed: int, total: int) -> None:
     """Note that `committed` of `total` batches are committed (atomic, not synced: a hint).
 
-    Another job that finishes removes the shared `.partial` folder once it looks empty, which
-    can fall between this write's creating the folder and its opening the temporary file:
-    the write then creates the folder again and retries.
+    The provenance merge removes the shared `.partial` folder once it looks empty, which can
+    fall between this write's creating the folder and its opening the temporary file when a
+    fetch of a table it does not merge runs beside it: the write then creates the folder
+    again and retries.
     """
     for attempt in range(5):
         try:
@@ -73,6 +78,36 @@ def write_progress(path: Path, committed: int, total: int) -> None:
         except FileNotFoundError:
             if attempt == 4:
                 raise
+
+
+def batch_folder(sentinel: str | Path) -> Path:
+    """The ledger folder of the fetch of the table behind `sentinel`."""
+    target = Path(sentinel)
+    return target.parent / ".partial" / target.stem
+
+
+def drop_batches(sentinels: Iterable[str | Path]) -> int:
+    """Remove the fetch batches and progress notes of the tables behind `sentinels`, and the
+    `.partial` folders left empty; returns how many batch files went.
+
+    Call it only for jobs Snakemake has recorded as finished: a job it reruns after a kill
+    needs its batches to fetch nothing again.
+    """
+    removed = 0
+    parents: set[Path] = set()
+    for sentinel in sentinels:
+        folder = batch_folder(sentinel)
+        if folder.is_dir():
+            removed += sum(1 for _ in folder.glob("*.parquet"))
+            shutil.rmtree(folder, ignore_errors=True)
+        progress_path(sentinel).unlink(missing_ok=True)
+        parents.add(folder.parent)
+    for parent in parents:
+        try:
+            parent.rmdir()
+        except OSError:
+            pass  # missing, or another table's batches or progress are still there
+    return removed
 
 
 def remaining_share(sentinel: str | Path) -> float:
@@ -107,7 +142,7 @@ def plan_batches(
 
 
 class BatchLedger(Protocol):
-    """Where committed batches live until the complete table is saved."""
+    """Where committed batches live until the job that fetched them is known finished."""
 
     folder: Path
 

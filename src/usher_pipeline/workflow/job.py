@@ -156,8 +156,9 @@ class Job:
         """Fetch `keys` in batches, committing each; a rerun fetches only uncommitted batches.
 
         The batches are tied to this job's params (their hash is the fetch signature). They
-        and the fetch's progress note (see `remaining_share`) are removed once the job has
-        written its step log.
+        and the fetch's progress note (see `remaining_share`) outlive the job, so that a
+        rerun after a kill fetches nothing again; the provenance rule removes them when it
+        merges the job's step log (`fetch.drop_batches`).
         """
         sentinel = self.output(output)
         table = validate_table_name(sentinel.stem)
@@ -291,22 +292,5 @@ class Job:
         target = self.output(STEPLOG_OUTPUT)
         write_json_atomic(target, self.steplog_record())
         self._finished = True
-        self._drop_fetch_batches()
         self.log.info("finished in %.2f s; step log %s", time.perf_counter() - self._t0, target)
         return target
-
-    def _drop_fetch_batches(self) -> None:
-        """Remove the committed fetch batches once the step log is written.
-
-        They are kept until then, not dropped with the save, so that a job killed between
-        its commit and its step log (Snakemake then reruns it) still finds every batch and
-        fetches nothing again.
-        """
-        for output, ledger in self._ledgers.items():
-            ledger.cleanup()
-            note = progress_path(self.output(output))
-            note.unlink(missing_ok=True)
-            try:  # the last fetch to finish leaves no empty .partial folder behind
-                note.parent.rmdir()
-            except OSError:
-                pass  # another table's batches or progress are still there

@@ -21,6 +21,7 @@ from usher_pipeline.hashing import sha256_json
 from usher_pipeline.lineage import Lineage, path_key, step_label
 from usher_pipeline.persistence.provenance import ProvenanceTracker, utc_now
 from usher_pipeline.steplog import load_steplog
+from usher_pipeline.workflow.fetch import drop_batches
 from usher_pipeline.workflow.ingest import ingested_fingerprints
 
 if TYPE_CHECKING:
@@ -54,7 +55,9 @@ def merge_provenance(
     """Write a sidecar for every output of every step log, the run record and `_provenance` rows.
 
     In head database mode a job records no fingerprint; the ingest records (`ingested`)
-    supply it for each sentinel they loaded with the SHA-256 the step log names.
+    supply it for each sentinel they loaded with the SHA-256 the step log names. The fetch
+    batches of each table the step logs name are removed last (`fetch.drop_batches`): call
+    it only with the step logs of jobs that Snakemake has recorded as finished.
 
     Returns a summary: run id, number of step logs and sidecars, and the sidecar paths.
     """
@@ -99,12 +102,21 @@ def merge_provenance(
         trackers.append(run)
     if store is not None:
         ProvenanceTracker.save_many_to_store(store, trackers)
+    # The jobs of these step logs are finished: their fetch batches are needed no more.
+    dropped = drop_batches(e["path"] for r in records for e in r["outputs"] if e.get("table"))
     seconds = time.monotonic() - started
     report(
         f"provenance: merged {len(records)} step logs into {len(sidecars)} sidecars "
         f"in {seconds:.2f} s (run {run_id})"
+        + (f"; removed {dropped} fetch batch files" if dropped else "")
     )
-    return {"run_id": run_id, "steplogs": len(records), "sidecars": sidecars, "seconds": seconds}
+    return {
+        "run_id": run_id,
+        "steplogs": len(records),
+        "sidecars": sidecars,
+        "seconds": seconds,
+        "batches_dropped": dropped,
+    }
 
 
 __all__ = ["Lineage", "add_ingested_fingerprints", "merge_provenance", "step_label"]
