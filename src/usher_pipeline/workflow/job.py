@@ -35,7 +35,7 @@ from usher_pipeline.workflow.fetch import (
     progress_path,
     write_progress,
 )
-from usher_pipeline.workflow.logs import job_logger, user_errors
+from usher_pipeline.workflow.logs import FILE_ONLY, job_logger, user_errors
 from usher_pipeline.workflow.smk import jsonable, named, named_files
 
 if TYPE_CHECKING:
@@ -84,7 +84,9 @@ class Job:
     ) -> None:
         if exc is not None and not isinstance(exc, UsherError):
             if not isinstance(exc, KeyboardInterrupt | SystemExit):
-                self.log.error("rule %s failed", self.rule, exc_info=exc)
+                # into the log file only: the exception goes on, and the interpreter prints
+                # its traceback on the terminal once as the script ends (workflow/logs.py)
+                self.log.error("rule %s failed", self.rule, exc_info=exc, extra=FILE_ONLY)
             return  # the exception goes on, traceback and all
         with user_errors(self.log, f"rule {self.rule}"):
             if exc is not None:

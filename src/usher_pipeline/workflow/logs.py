@@ -1,5 +1,11 @@
 """The log of a job: one file (and stderr) that every library logger writes to, and
-expected failures turned into one line."""
+expected failures turned into one line.
+
+A failure is said once in each place. The job's log file gets it from the logger (the
+traceback of an unexpected error, the line of an expected one); the terminal gets it from the
+process's own exit, which prints the traceback of the exception that ends the script (or the
+`SystemExit` message), so the logger leaves such records out of stderr (`FILE_ONLY`).
+"""
 
 from __future__ import annotations
 
@@ -13,6 +19,14 @@ from usher_pipeline.errors import UsherError
 
 PACKAGE_LOGGER = "usher_pipeline"
 LINE_FORMAT = "%(asctime)s %(levelname)s %(message)s"
+# `extra=FILE_ONLY` on a record that the process's exit prints to the terminal anyway
+FILE_ONLY_ATTRIBUTE = "usher_file_only"
+FILE_ONLY: dict[str, bool] = {FILE_ONLY_ATTRIBUTE: True}
+
+
+def not_file_only(record: logging.LogRecord) -> bool:
+    """The filter of the stderr handler: leave out records marked `FILE_ONLY`."""
+    return not getattr(record, FILE_ONLY_ATTRIBUTE, False)
 
 
 def job_logger(name: str, log_path: str | Path | None) -> logging.Logger:
@@ -32,7 +46,9 @@ def job_logger(name: str, log_path: str | Path | None) -> logging.Logger:
     if log_path:
         Path(log_path).parent.mkdir(parents=True, exist_ok=True)
         handlers.append(logging.FileHandler(log_path, mode="w", encoding="utf-8"))
-    handlers.append(logging.StreamHandler(sys.stderr))
+    terminal = logging.StreamHandler(sys.stderr)
+    terminal.addFilter(not_file_only)
+    handlers.append(terminal)
     for handler in handlers:
         handler.setFormatter(formatter)
         package.addHandler(handler)
@@ -41,9 +57,12 @@ def job_logger(name: str, log_path: str | Path | None) -> logging.Logger:
 
 @contextmanager
 def user_errors(logger: logging.Logger, label: str) -> Iterator[None]:
-    """Turn an expected failure (UsherError) into a one-line exit message, no traceback."""
+    """Turn an expected failure (UsherError) into a one-line exit message, no traceback.
+
+    The line goes to the job's log file; the exit message puts it on the terminal once.
+    """
     try:
         yield
     except UsherError as exc:
-        logger.error("%s", exc)
+        logger.error("%s", exc, extra=FILE_ONLY)
         raise SystemExit(f"{label}: {exc}") from None
