@@ -27,7 +27,11 @@ from usher_pipeline.settings import (
 from usher_pipeline.workflow.fetch import remaining_share
 from usher_pipeline.workflow.interpreter import plain_interpreter
 from usher_pipeline.workflow.layout import Layout, new_registry, rule_paths
-from usher_pipeline.workflow.runguard import claim_workdir
+from usher_pipeline.workflow.runguard import (
+    claim_workdir,
+    rerun_incomplete,
+    rerun_incomplete_when_ready,
+)
 
 # YAML keeps the last of a key given twice in a config file: refuse that before any job runs.
 # Then the library's own keys (paths, workflow_name, store, api, versions): a misspelt one, a
@@ -75,6 +79,10 @@ if workflow.is_main_process:
             f"({len(USHER_RUN_GUARD.cleared)} files in .snakemake/locks)",
             file=sys.stderr,
         )
+    # A job killed after writing its outputs, before Snakemake recorded it finished, reruns
+    # (as with --rerun-incomplete): its outputs are renamed into place whole, and its batched
+    # fetch keeps its batches until the provenance merge (workflow/runguard.py).
+    rerun_incomplete_when_ready(workflow)
 # The run manifest that the `usher-pipeline` command reads (where the store, results and
 # config are): written when Snakemake starts executing, after the whole Snakefile is parsed.
 if workflow.is_main_process:
@@ -97,6 +105,8 @@ wildcard_constraints:
 
 def usher_steplogs(wildcards):
     """Every registered step log (resolved when the DAG is built, after registration)."""
+    if workflow.is_main_process:  # the DAG settings exist now, before incomplete checks
+        rerun_incomplete(workflow)
     return USHER.steplogs()
 
 

@@ -1,12 +1,17 @@
 """Merge every step log into sidecars, the run-level record and the _provenance table, and
 summarise the run for `snakemake --report`."""
 
+from pathlib import Path
+
+from usher_pipeline._io import remove_stale_temps
 from usher_pipeline.export.summary import write_summary
 from usher_pipeline.workflow.job import StoreSettings, job_logger, user_errors
 from usher_pipeline.workflow.merge import merge_provenance
 
 log = job_logger("provenance", snakemake.log[0] if snakemake.log else None)
 with user_errors(log, "rule provenance"):
+    for output in snakemake.output:  # what a merge killed mid-write left
+        remove_stale_temps(Path(output))
     merge_provenance(
         list(snakemake.input.steplogs),
         pipeline_version=snakemake.params.pipeline_version,

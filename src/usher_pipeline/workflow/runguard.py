@@ -9,15 +9,23 @@ process dies, however it dies. So when a new run obtains that lock, no other run
 workflow is alive in the directory and any Snakemake lock files are stale: they are removed,
 exactly as `--unlock` would. When the lock is held, nothing is touched and Snakemake reports
 the live run as usual.
+
+A job killed after it wrote its outputs but before Snakemake recorded it as finished leaves
+outputs that Snakemake marks incomplete; by default the next run then stops with
+`IncompleteFilesException`. The library's outputs are renamed into place whole, so rerunning
+such a job is always right: `rerun_incomplete` has the main process do what
+`--rerun-incomplete` does (the job reruns, and its batched fetch finds every batch kept).
 """
 
 from __future__ import annotations
 
 import fcntl
+import logging
 import os
 import socket
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 GUARD_NAME = "usher_run.lock"
 
@@ -61,3 +69,44 @@ def claim_workdir(workdir: str | Path, *, clear_stale_locks: bool = True) -> Run
                 stale.unlink(missing_ok=True)
                 guard.cleared.append(stale)
     return guard
+
+
+def rerun_incomplete(workflow: Any) -> bool:
+    """Have Snakemake rerun jobs whose outputs it marks incomplete, as `--rerun-incomplete`.
+
+    Sets the public DAG setting `force_incomplete` of `workflow` when it exists; returns
+    whether it did. Snakemake assigns its DAG settings after the Snakefile is parsed, so the
+    library calls this again from its input functions, and `rerun_incomplete_when_ready`
+    calls it on the first Snakemake log line once the settings are there (at the latest
+    "Building DAG of jobs...", just before Snakemake looks for incomplete outputs).
+    """
+    settings = getattr(workflow, "dag_settings", None)
+    if settings is None:
+        return False
+    settings.force_incomplete = True
+    return True
+
+
+class _WhenReady(logging.Handler):
+    """Calls `rerun_incomplete` on each Snakemake log record until it succeeds, then rests
+    (it stays attached: removing a handler while the logger walks its handlers would cost
+    the next handler this record)."""
+
+    def __init__(self, workflow: Any) -> None:
+        super().__init__(level=logging.NOTSET)
+        self.workflow = workflow
+        self.done = False
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if not self.done:
+            self.done = rerun_incomplete(self.workflow)
+
+
+def rerun_incomplete_when_ready(workflow: Any) -> None:
+    """Set `force_incomplete` of `workflow` now, or as soon as Snakemake has its DAG settings."""
+    if rerun_incomplete(workflow):
+        return
+    from snakemake.logging import logger
+
+    if not any(isinstance(h, _WhenReady) and h.workflow is workflow for h in logger.handlers):
+        logger.addHandler(_WhenReady(workflow))
