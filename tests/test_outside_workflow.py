@@ -597,6 +597,10 @@ def test_moving_a_rule_keeps_its_results_with_the_documented_commands(tmp_path):
     run(workdir, "snakemake", "--cores", "2", "--touch")
     assert "Nothing to be done" in output(run(workdir, "snakemake", "--cores", "2"))
     assert fingerprints(workdir) == before
+    # and the moved rule's params are still recorded: a changed threshold reruns it
+    edit_config(workdir, summary={"threshold": 100})
+    plan = output(run(workdir, "snakemake", "--cores", "2", "-n"))
+    assert "rule record_summary:" in plan and "Params have changed" in plan, plan
 
 
 @pytest.mark.slow
