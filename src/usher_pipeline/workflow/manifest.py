@@ -4,8 +4,9 @@ that the `usher-pipeline` command finds its store, results, step logs and config
 The main Snakemake process writes `<workdir>/.snakemake/usher_pipeline/manifest.json` once the
 whole Snakefile is parsed, when Snakemake starts executing (the first log record after the
 executor is chosen, before the DAG is built): a real run writes it when anything but its time
-changed, a dry run (or `--touch`) only when none exists, so that `-n` with another config never redirects the
-command. Commands that execute nothing (`--lint`, `--list`, `--dag`, `--report`) leave it alone.
+changed, a dry run (or `--touch`) only when none exists, so that `-n` with another config never
+redirects the command. Commands that execute nothing (`--lint`, `--list`, `--dag`,
+`--report`) leave it alone.
 
 `snakemake_args` are the arguments a pasted `snakemake ...` hint needs, run from the working
 directory, to address the same workflow. They are read from the public attributes of
