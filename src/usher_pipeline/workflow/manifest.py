@@ -29,12 +29,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
 import subprocess
 import sys
-import weakref
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -374,45 +372,27 @@ def write_manifest(
     return save_manifest(manifest, dry_run=dry_run)
 
 
-class _AtStart(logging.Handler):
-    """Calls `write` once, on the first Snakemake log record after the executor is chosen."""
-
-    def __init__(self, workflow: Any, write: Callable[[bool], None]) -> None:
-        super().__init__(level=logging.NOTSET)
-        self.workflow = workflow
-        self.write = write
-        self.done = False
-
-    def emit(self, record: logging.LogRecord) -> None:
-        if self.done or getattr(self.workflow, "executor_plugin", None) is None:
-            return
-        self.done = True
-        dry_run = bool(self.workflow.dryrun or self.workflow.touch)
-        try:
-            self.write(dry_run)
-        except (UsherError, OSError) as exc:
-            print(f"usher_pipeline: the run manifest was not written: {exc}", file=sys.stderr)
-
-
-_WATCHED: list[weakref.ref[Any]] = []  # the workflows that already write one (unhashable)
-
-
 def write_manifest_at_start(
     workflow: Any, config: Mapping[str, Any], *, library_rules: Path | None
 ) -> None:
     """Have the manifest written when Snakemake starts executing this workflow, after the
-    whole Snakefile is parsed (once, however often the library is included)."""
-    from snakemake.logging import logger
+    whole Snakefile is parsed (once, however often the library is included): on the first
+    Snakemake log record after the executor is chosen (workflow/startup.py)."""
+    from usher_pipeline.workflow.startup import when_set_up
 
-    _WATCHED[:] = [ref for ref in _WATCHED if ref() is not None]
-    if any(ref() is workflow for ref in _WATCHED):
-        return
-    _WATCHED.append(weakref.ref(workflow))
+    def write() -> None:
+        dry_run = bool(workflow.dryrun or workflow.touch)
+        try:
+            write_manifest(workflow, config, library_rules=library_rules, dry_run=dry_run)
+        except (UsherError, OSError) as exc:
+            print(f"usher_pipeline: the run manifest was not written: {exc}", file=sys.stderr)
 
-    def write(dry_run: bool) -> None:
-        write_manifest(workflow, config, library_rules=library_rules, dry_run=dry_run)
-
-    logger.addHandler(_AtStart(workflow, write))
+    when_set_up(
+        workflow,
+        "manifest",
+        ready=lambda: getattr(workflow, "executor_plugin", None) is not None,
+        run=write,
+    )
 
 
 def workflow_paths(manifest: Manifest, roles: Iterable[FileRole]) -> list[Path]:

@@ -20,7 +20,6 @@ such a job is always right: `rerun_incomplete` has the main process do what
 from __future__ import annotations
 
 import fcntl
-import logging
 import os
 import socket
 from dataclasses import dataclass, field
@@ -87,26 +86,15 @@ def rerun_incomplete(workflow: Any) -> bool:
     return True
 
 
-class _WhenReady(logging.Handler):
-    """Calls `rerun_incomplete` on each Snakemake log record until it succeeds, then rests
-    (it stays attached: removing a handler while the logger walks its handlers would cost
-    the next handler this record)."""
-
-    def __init__(self, workflow: Any) -> None:
-        super().__init__(level=logging.NOTSET)
-        self.workflow = workflow
-        self.done = False
-
-    def emit(self, record: logging.LogRecord) -> None:
-        if not self.done:
-            self.done = rerun_incomplete(self.workflow)
-
-
 def rerun_incomplete_when_ready(workflow: Any) -> None:
     """Set `force_incomplete` of `workflow` now, or as soon as Snakemake has its DAG settings."""
     if rerun_incomplete(workflow):
         return
-    from snakemake.logging import logger
+    from usher_pipeline.workflow.startup import when_set_up
 
-    if not any(isinstance(h, _WhenReady) and h.workflow is workflow for h in logger.handlers):
-        logger.addHandler(_WhenReady(workflow))
+    when_set_up(
+        workflow,
+        "rerun-incomplete",
+        ready=lambda: getattr(workflow, "dag_settings", None) is not None,
+        run=lambda: rerun_incomplete(workflow),
+    )
