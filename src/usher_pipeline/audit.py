@@ -75,9 +75,14 @@ def _short(fingerprint: str | None) -> str:
 
 def _sentinel_state(table: TableOutput) -> tuple[str | None, str | None]:
     """(fingerprint of the sentinel or None when missing, why it cannot be trusted or None)."""
+    import duckdb
+
     if not table.sentinel.is_file():
         return None, f"sentinel {table.sentinel} is missing"
-    fingerprint, _ = fingerprint_parquet(table.sentinel)
+    try:
+        fingerprint, _ = fingerprint_parquet(table.sentinel)
+    except duckdb.Error:  # cut short, overwritten: DuckDB finds no Parquet file in it
+        return None, f"sentinel {table.sentinel} is not a readable Parquet file"
     recorded = table.entry.get("fingerprint")
     if recorded and fingerprint != recorded:
         return fingerprint, (
@@ -171,7 +176,7 @@ def verify(
         if distrust:
             distrusted.add(path_key(table.sentinel))
             also = ""
-            if name in table_fps and table_fps[name] != sentinel_fp:
+            if sentinel_fp is not None and name in table_fps and table_fps[name] != sentinel_fp:
                 also = " and from the table"
             found.problems.append(
                 Problem("CHANGED", f"{distrust}{also}: `{_recompute(table, hints)}`", name)
@@ -220,6 +225,8 @@ def _table_problems(
             Problem("MISSING", f"table {name} has no checkpoint row: {fix}", name, repairable)
         )
     if sentinel_fp is None:
+        if checkpoint is not None and table.sentinel.is_file():
+            return problems  # unreadable: reported as CHANGED, with its recompute
         if checkpoint is not None:
             problems.append(
                 Problem(
