@@ -2,27 +2,42 @@
 
 from __future__ import annotations
 
+import datetime
+import email.utils
+import json
 import os
+import random
 import signal
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import duckdb
 import polars as pl
 import pytest
+import requests
 
+from usher_pipeline.config.library import APIConfig
+from usher_pipeline.errors import UsherError
 from usher_pipeline.persistence import PipelineStore
 from usher_pipeline.persistence.fingerprint import fingerprint_parquet
 from usher_pipeline.workflow import Job, fetch_in_batches, mock_snakemake, plan_batches
 from usher_pipeline.workflow.fetch import (
     AUDIT_VARIABLE,
+    DEFAULT_ATTEMPTS,
     BatchMismatch,
+    FetchFailed,
     FileLedger,
+    PermanentError,
+    RetryPolicy,
     batch_folder,
     drop_batches,
+    error_text,
     progress_path,
     remaining_share,
+    retry_after,
     write_progress,
 )
 from usher_pipeline.workflow.ingest import ingest_sentinels
@@ -32,8 +47,9 @@ KEYS = list(range(100))
 BATCH = 10
 
 
-class Crash(RuntimeError):
-    """Stands in for a process dying in the middle of a fetch."""
+class Crash(BaseException):
+    """Stands in for a process dying in the middle of a fetch: not an `Exception`, so no
+    retry catches it."""
 
 
 class Source:
@@ -522,3 +538,549 @@ def test_a_job_whose_batches_cannot_combine_fails_with_one_line_in_both_modes(tm
     log = (tmp_path / "logs/things.log").read_text()
     assert "things: batch 4 of 10 (keys 30 to 39) has column 'value' as Float64" in log
     assert "Traceback" not in log
+
+
+# -- retries: transient errors are tried again, the rest stop the fetch in one line ------------
+
+FAST = RetryPolicy(attempts=4, backoff=0.001, max_backoff=0.01)
+
+
+def http_error(status: int, headers: dict[str, str] | None = None) -> requests.HTTPError:
+    """requests' own error for a response of `status`, as `raise_for_status` raises it."""
+    response = requests.Response()
+    response.status_code = status
+    response.headers.update(headers or {})
+    response.url = "https://api.example.org/genes?api_key=SECRET123&email=me@example.org"
+    return requests.HTTPError(f"{status} error for url: {response.url}", response=response)
+
+
+class Failing:
+    """A fetch function whose batch starting at `on` raises `errors` one call after another
+    (the last one for good); every call is recorded by the batch's first key."""
+
+    def __init__(self, on: int, *errors: BaseException) -> None:
+        self.on, self.errors = on, list(errors)
+        self.calls: list[int] = []
+        self.lock = threading.Lock()
+
+    def __call__(self, batch: list[int]) -> pl.DataFrame:
+        with self.lock:
+            self.calls.append(batch[0])
+            if batch[0] == self.on and self.errors:
+                error = self.errors.pop(0) if len(self.errors) > 1 else self.errors[0]
+                raise error
+        return pl.DataFrame({"key": batch, "value": [k * 3 for k in batch]})
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        ConnectionError("connection reset by peer"),
+        TimeoutError("read timed out"),
+        http_error(500),
+        http_error(503),
+        http_error(408),
+        http_error(429),
+        KeyError("results"),  # a truncated answer parsed as a whole one
+    ],
+    ids=["reset", "timeout", "500", "503", "408", "429", "keyerror"],
+)
+def test_a_transient_error_is_retried_and_the_fetch_completes(tmp_path, error):
+    failures = 0
+
+    def fetch(batch: list[int]) -> pl.DataFrame:  # batch 4 fails twice, then answers
+        nonlocal failures
+        if batch[0] == 30 and failures < 2:
+            failures += 1
+            raise error
+        return Source()(batch)
+
+    frame, summary = fetch_in_batches(
+        KEYS, fetch, ledger=FileLedger(tmp_path / "t"), batch_size=BATCH, retry=FAST
+    )
+    assert frame.equals(expected_frame())
+    assert summary["attempts"] == 12 and summary["retries"] == 2
+    errors = summary["errors"]
+    assert list(errors) == [type(error).__name__] and errors[type(error).__name__]["count"] == 2
+    assert "SECRET123" not in json.dumps(summary) and "me@example.org" not in json.dumps(summary)
+
+
+@pytest.mark.parametrize(
+    ("error", "reason"),
+    [
+        (http_error(404), "HTTP 404"),
+        (http_error(400), "HTTP 400"),
+        (http_error(403), "HTTP 403"),
+        (PermanentError("no such gene"), "permanent"),
+    ],
+    ids=["404", "400", "403", "permanent"],
+)
+def test_an_error_not_worth_retrying_stops_the_fetch_at_its_first_attempt(tmp_path, error, reason):
+    folder = tmp_path / "t"
+    source = Failing(40, error)
+    with pytest.raises(FetchFailed) as failed:
+        fetch_in_batches(
+            KEYS, source, ledger=FileLedger(folder), batch_size=BATCH, label="t", retry=FAST
+        )
+    message = str(failed.value)
+    assert message.startswith(
+        f"t: batch 5 of 10 (keys 40..49) failed after 1 attempt, not retried ({reason}): "
+        f"{type(error).__name__}: "
+    )
+    assert message.endswith(
+        "; the 4 committed batches are kept, so a rerun fetches only the others"
+    )
+    assert "\n" not in message and "SECRET123" not in message and "me@example.org" not in message
+    assert isinstance(failed.value, UsherError)
+    assert source.calls == [0, 10, 20, 30, 40]
+    assert len(FileLedger(folder).committed()) == 4
+
+    rerun = Source()
+    frame, summary = fetch_in_batches(KEYS, rerun, ledger=FileLedger(folder), batch_size=BATCH)
+    assert [c[0] for c in rerun.calls] == [40, 50, 60, 70, 80, 90]
+    assert frame.equals(expected_frame())
+
+
+def test_a_permanent_error_of_the_users_own_kind_is_not_retried(tmp_path):
+    class NoRecord(PermanentError, LookupError):
+        pass
+
+    source = Failing(0, NoRecord("the service has no record of key 0"))
+    with pytest.raises(FetchFailed, match=r"not retried \(permanent\): NoRecord: the service"):
+        fetch_in_batches(KEYS, source, ledger=FileLedger(tmp_path / "t"), batch_size=BATCH)
+    assert source.calls == [0]
+
+
+@pytest.mark.parametrize(
+    "error",
+    [TypeError("unsupported operand"), AttributeError("no attribute 'json'"), NameError("x")],
+    ids=["type", "attribute", "name"],
+)
+@pytest.mark.parametrize("in_flight", [1, 3])
+def test_a_programming_error_goes_on_at_once_with_its_traceback(tmp_path, error, in_flight):
+    source = Failing(20, error)
+    with pytest.raises(type(error)) as raised:
+        fetch_in_batches(
+            KEYS,
+            source,
+            ledger=FileLedger(tmp_path / "t"),
+            batch_size=BATCH,
+            retry=FAST,
+            in_flight=in_flight,
+        )
+    assert raised.value is error
+    assert source.calls.count(20) == 1  # not tried again
+    if in_flight == 1:
+        assert source.calls == [0, 10, 20]
+
+
+def test_a_batch_that_fails_every_attempt_is_named_with_its_last_error(tmp_path):
+    errors = [ConnectionError(f"reset number {n}") for n in range(1, 4)]
+    source = Failing(90, *errors)
+    lines: list[str] = []
+    with pytest.raises(FetchFailed) as failed:
+        fetch_in_batches(
+            KEYS,
+            source,
+            ledger=FileLedger(tmp_path / "t"),
+            batch_size=BATCH,
+            label="genes",
+            progress=lines.append,
+            retry=RetryPolicy(attempts=3, backoff=0.001),
+        )
+    assert str(failed.value) == (
+        "genes: batch 10 of 10 (keys 90..99) failed after 3 attempts: ConnectionError: reset "
+        "number 3; the 9 committed batches are kept, so a rerun fetches only the others"
+    )
+    assert source.calls.count(90) == 3
+    stopped = json.loads(lines[-1].removeprefix("genes: stopped; "))
+    assert stopped["attempts"] == 12 and stopped["retries"] == 2
+    assert stopped["errors"] == {"ConnectionError": {"count": 3, "last_message": str(errors[2])}}
+    assert str(errors[2]) == "reset number 3"
+
+
+def test_the_wait_follows_retry_after_and_otherwise_backs_off(tmp_path):
+    once = {"left": 1}
+
+    def fetch(batch: list[int]) -> pl.DataFrame:
+        if once["left"]:
+            once["left"] -= 1
+            raise http_error(429, {"Retry-After": "1"})
+        return pl.DataFrame({"key": batch})
+
+    _, summary = fetch_in_batches(
+        KEYS[:10], fetch, ledger=FileLedger(tmp_path / "a"), batch_size=BATCH, retry=FAST
+    )
+    assert 1.0 <= summary["wait_seconds"] < 1.5  # the hint, not the 1 ms backoff
+
+    left = {"n": 3}
+
+    def backing_off(batch: list[int]) -> pl.DataFrame:
+        if left["n"]:
+            left["n"] -= 1
+            raise ConnectionError("reset")
+        return pl.DataFrame({"key": batch})
+
+    policy = RetryPolicy(attempts=4, backoff=0.1, max_backoff=10)
+    _, summary = fetch_in_batches(
+        KEYS[:10], backing_off, ledger=FileLedger(tmp_path / "b"), batch_size=BATCH, retry=policy
+    )
+    # 0.1, 0.2 and 0.4 s, each with up to 0.1 s of jitter
+    assert 0.7 <= summary["wait_seconds"] < 1.2
+
+
+@pytest.mark.parametrize(
+    ("hint", "seconds"),
+    [("3", 3.0), ("0", 0.0), ("-5", 0.0), ("soon", None), ("999999", 3600.0)],
+)
+def test_retry_after_reads_seconds_and_refuses_what_it_cannot_read(hint, seconds):
+    assert retry_after(http_error(429, {"Retry-After": hint})) == seconds
+
+
+def test_retry_after_reads_an_http_date_and_an_attribute():
+    when = email.utils.format_datetime(
+        datetime.datetime.now(datetime.UTC) + datetime.timedelta(seconds=30), usegmt=True
+    )
+    assert 25 <= (retry_after(http_error(503, {"Retry-After": when})) or 0) <= 30
+
+    class Slow(Exception):
+        retry_after = 2
+
+    assert retry_after(Slow()) == 2.0
+    assert retry_after(ConnectionError("x")) is None
+
+
+def test_messages_lose_the_query_strings_and_user_info_of_urls():
+    text = error_text(
+        ValueError("GET https://me:pw@eutils.example.gov/esearch.fcgi?term=x&api_key=K1 failed")
+    )
+    assert text == "ValueError: GET https://eutils.example.gov/esearch.fcgi?... failed"
+
+
+def test_the_default_attempts_are_the_configs():
+    assert DEFAULT_ATTEMPTS == APIConfig().max_retries
+
+
+@pytest.mark.parametrize("bad", [0, -1, 1.5, True])
+def test_attempts_and_in_flight_below_one_are_refused_in_one_line(tmp_path, bad):
+    with pytest.raises(UsherError, match=f"attempts is {bad!r}: use a whole number"):
+        RetryPolicy(attempts=bad)
+    with pytest.raises(UsherError, match=f"in_flight is {bad!r}: use a whole number"):
+        fetch_in_batches(KEYS, Source(), ledger=FileLedger(tmp_path), batch_size=1, in_flight=bad)
+
+
+# -- in flight: several batches at once, the same commits ---------------------------------------
+
+
+class Concurrent:
+    """A fetch function that sleeps a random while and fails now and then, and notes how
+    many calls run at once."""
+
+    def __init__(self, failure_rate: float = 0.0, seed: int | None = None) -> None:
+        self.random = random.Random(seed)
+        self.failure_rate = failure_rate
+        self.lock = threading.Lock()
+        self.running = self.peak = 0
+        self.calls: list[int] = []
+
+    def __call__(self, batch: list[int]) -> pl.DataFrame:
+        with self.lock:
+            self.calls.append(batch[0])
+            self.running += 1
+            self.peak = max(self.peak, self.running)
+            pause = self.random.uniform(0, 0.02)
+            fails = self.random.random() < self.failure_rate
+        try:
+            time.sleep(pause)
+            if fails:
+                raise ConnectionError(f"the service dropped batch {batch[0]}")
+            return pl.DataFrame({"key": batch, "value": [k * 3 for k in batch]})
+        finally:
+            with self.lock:
+                self.running -= 1
+
+
+@pytest.mark.parametrize("in_flight", [2, 4, 16])
+def test_batches_in_flight_commit_the_same_batches_and_frame_as_one_at_a_time(tmp_path, in_flight):
+    one = tmp_path / "one"
+    frame_one, _ = fetch_in_batches(KEYS, Concurrent(), ledger=FileLedger(one), batch_size=3)
+    source = Concurrent()
+    frame, summary = fetch_in_batches(
+        KEYS, source, ledger=FileLedger(tmp_path / "n"), batch_size=3, in_flight=in_flight
+    )
+    assert frame.equals(frame_one) and frame.equals(expected_frame())
+    assert 1 < source.peak <= in_flight
+    assert sorted(source.calls) == list(range(0, 100, 3))
+    assert summary["batches_fetched"] == 34 and summary["in_flight"] == in_flight
+    for batch_id in FileLedger(one).committed():
+        assert pl.read_parquet(tmp_path / "n" / f"{batch_id}.parquet").equals(
+            pl.read_parquet(one / f"{batch_id}.parquet")
+        )
+
+
+@pytest.mark.parametrize("in_flight", [1, 4])
+def test_a_flaky_source_converges_in_one_run(tmp_path, in_flight):
+    """About 30% of calls fail with a transient error; the retries carry every batch."""
+    source = Concurrent(failure_rate=0.3)
+    frame, summary = fetch_in_batches(
+        KEYS,
+        source,
+        ledger=FileLedger(tmp_path / "t"),
+        batch_size=2,
+        retry=RetryPolicy(attempts=15, backoff=0.001, max_backoff=0.005),
+        in_flight=in_flight,
+    )
+    assert frame.equals(expected_frame())
+    assert summary["attempts"] == len(source.calls) == 50 + summary["retries"]
+    assert summary["retries"] == summary["errors"]["ConnectionError"]["count"] > 0
+
+
+def test_a_failure_in_flight_lets_the_other_batches_finish_and_commit(tmp_path):
+    folder = tmp_path / "t"
+    source = Failing(50, PermanentError("gone"))
+    with pytest.raises(FetchFailed, match=r"^t: batch 6 of 10 \(keys 50\.\.59\) failed after 1"):
+        fetch_in_batches(
+            KEYS, source, ledger=FileLedger(folder), batch_size=BATCH, label="t", in_flight=4
+        )
+    committed = len(FileLedger(folder).committed())
+    assert 5 <= committed <= 8  # those before it, and those already in flight beside it
+    assert len(source.calls) == committed + 1
+    rerun = Source()
+    frame, _ = fetch_in_batches(KEYS, rerun, ledger=FileLedger(folder), batch_size=BATCH)
+    assert len(rerun.calls) == 10 - committed
+    assert frame.equals(expected_frame())
+
+
+# -- in a real Snakemake run of a workflow outside the repository -------------------------------
+
+REPO = Path(__file__).resolve().parents[1]
+SNAKEMAKE = Path(sys.executable).with_name("snakemake")
+WORKFLOW_KEYS, WORKFLOW_BATCH = 60, 3  # 20 batches
+SNAKEFILE = """\
+include: "{rules}/library.smk"
+
+
+USHER.register("items")
+
+
+rule all:
+    default_target: True
+    input:
+        USHER.sentinel("items"),
+        USHER.steplog("items"),
+
+
+rule items:
+    output:
+        table=USHER.sentinel("items"),
+        steplog=USHER.steplog("items"),
+    log:
+        USHER.log("items", "items"),
+    params:
+        wanted=list(range({keys})),
+        batch_size={batch},
+    script:
+        "scripts/items.py"
+"""
+# Files in the working directory shape the run, never the values: `broken` names a key whose
+# batch the service refuses for good, `flaky` makes ~30% of calls fail with a transient error,
+# `slow` slows each call down. Every call notes its batch's first key in calls.log.
+ITEMS = '''\
+"""A batched fetch from a service that can refuse a batch, fail at random or be slow."""
+
+import os
+import random
+import time
+from pathlib import Path
+
+import polars as pl
+
+from usher_pipeline.workflow import Job, PermanentError
+
+
+def fetch(keys):
+    fd = os.open("calls.log", os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    os.write(fd, f"{keys[0]}\\n".encode())
+    os.close(fd)
+    if Path("slow").exists():
+        time.sleep(0.2)
+    broken = Path("broken")
+    if broken.exists() and int(broken.read_text()) in keys:
+        url = "https://api.example.org/items?api_key=SECRET123"
+        raise PermanentError(f"the service has no record of key {broken.read_text()} at {url}")
+    if Path("flaky").exists() and random.random() < 0.3:
+        raise ConnectionError(f"connection reset while fetching {keys[0]}")
+    return pl.DataFrame({"key": keys, "value": [k * k + 1 for k in keys]})
+
+
+with Job(snakemake) as job:
+    how = snakemake.config["fetch"]
+    frame = job.fetch(
+        list(snakemake.params.wanted),
+        fetch,
+        batch_size=int(snakemake.params.batch_size),
+        backoff=float(how["backoff"]),
+        in_flight=int(how["in_flight"]),
+    )
+    job.save(frame, description="each key and its value")
+'''
+
+
+class Flow:
+    """The generated workflow in tmp_path and its working directory."""
+
+    def __init__(self, root: Path, in_flight: int, max_retries: int = 5) -> None:
+        self.root, self.workdir = root, root / "run"
+        (root / "workflow/scripts").mkdir(parents=True)
+        self.workdir.mkdir()
+        snakefile = SNAKEFILE.format(
+            rules=(REPO / "rules").as_posix(), keys=WORKFLOW_KEYS, batch=WORKFLOW_BATCH
+        )
+        (root / "workflow/Snakefile").write_text(snakefile)
+        (root / "workflow/scripts/items.py").write_text(ITEMS)
+        (root / "workflow/config.yaml").write_text(
+            f"api:\n  max_retries: {max_retries}\n"
+            f"fetch:\n  backoff: 0.01\n  in_flight: {in_flight}\n"
+        )
+
+    def command(self) -> list[str]:
+        return [
+            str(SNAKEMAKE),
+            "--snakefile",
+            str(self.root / "workflow/Snakefile"),
+            "--directory",
+            str(self.workdir),
+            "--configfile",
+            str(self.root / "workflow/config.yaml"),
+            "--cores",
+            "1",
+        ]
+
+    def env(self) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("SNAKEMAKE_", "USHER_"))}
+        env["XDG_CONFIG_HOME"] = str(self.root / "xdg")  # no profile of the user's
+        return env
+
+    def run(self) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            self.command(),
+            capture_output=True,
+            text=True,
+            env=self.env(),
+            cwd=self.root,
+            timeout=300,
+        )
+
+    def marker(self, name: str, text: str | None) -> None:
+        if text is None:
+            (self.workdir / name).unlink(missing_ok=True)
+        else:
+            (self.workdir / name).write_text(text)
+
+    def calls(self) -> list[int]:
+        path = self.workdir / "calls.log"
+        return [int(line) for line in path.read_text().split()] if path.exists() else []
+
+    def committed(self) -> set[int]:
+        """The first key of each committed batch."""
+        folder = self.workdir / "results/tables/.partial/items"
+        return {int(pl.read_parquet(p)["key"][0]) for p in folder.glob("*.parquet")}
+
+    def table(self) -> pl.DataFrame:
+        return pl.read_parquet(self.workdir / "results/tables/items.parquet")
+
+    def fetch_step(self) -> dict[str, object]:
+        record = json.loads((self.workdir / "results/steplogs/items.json").read_text())
+        steps = [s for s in record["steps"] if s["step_name"] == "batched_fetch"]
+        assert len(steps) == 1
+        return dict(steps[0]["details"])
+
+
+def expected_items() -> pl.DataFrame:
+    keys = list(range(WORKFLOW_KEYS))
+    return pl.DataFrame({"key": keys, "value": [k * k + 1 for k in keys]})
+
+
+@pytest.mark.parametrize("in_flight", [1, 3])
+def test_a_batch_refused_for_good_stops_the_run_in_one_line_and_the_rerun_fetches_the_rest(
+    tmp_path, in_flight
+):
+    flow = Flow(tmp_path, in_flight)
+    flow.marker("broken", "31")  # in batch 11 of 20, keys 30..32
+    failed = flow.run()
+    assert failed.returncode != 0
+    terminal = failed.stdout + failed.stderr
+    line = (
+        "items: batch 11 of 20 (keys 30..32) failed after 1 attempt, not retried (permanent): "
+        "PermanentError: the service has no record of key 31 at "
+        "https://api.example.org/items?...; the "
+    )
+    assert terminal.count(line) == 1, terminal
+    assert "Traceback" not in terminal and "SECRET123" not in terminal
+    log = (flow.workdir / "logs/items/items.log").read_text()
+    assert log.count(line) == 1 and "SECRET123" not in log
+    committed = flow.committed()
+    first = flow.calls()
+    assert first.count(30) == 1  # not retried
+    assert 30 not in committed and set(range(0, 30, 3)) <= committed
+    assert len(committed) == len(first) - 1  # every other batch asked for was committed
+
+    flow.marker("broken", None)
+    done = flow.run()
+    assert done.returncode == 0, done.stdout + done.stderr
+    again = flow.calls()[len(first) :]
+    assert sorted(again) == sorted(set(range(0, WORKFLOW_KEYS, 3)) - committed)
+    assert flow.table().equals(expected_items())
+    step = flow.fetch_step()
+    assert step["batches_resumed"] == len(committed) and step["retries"] == 0
+
+
+def test_a_flaky_service_finishes_in_one_run_without_snakemakes_retries(tmp_path):
+    """About 30% of calls fail with a transient error: no job fails, no batch is lost."""
+    flow = Flow(tmp_path, in_flight=2, max_retries=12)
+    flow.marker("flaky", "")
+    done = flow.run()
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert flow.table().equals(expected_items())
+    step = flow.fetch_step()
+    calls = flow.calls()
+    assert step["attempts"] == len(calls) == 20 + step["retries"]
+    errors = step["errors"]
+    assert isinstance(errors, dict)
+    assert step["retries"] == errors["ConnectionError"]["count"] > 0
+    assert errors["ConnectionError"]["last_message"].startswith("connection reset while")
+    assert float(str(step["wait_seconds"])) > 0
+
+
+def test_a_fetch_of_four_in_flight_killed_mid_fetch_requests_no_committed_batch_again(tmp_path):
+    flow = Flow(tmp_path, in_flight=4)
+    flow.marker("slow", "")
+    folder = flow.workdir / "results/tables/.partial/items"
+    with (flow.workdir / "terminal.txt").open("wb") as out:
+        process = subprocess.Popen(
+            flow.command(),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=flow.env(),
+            cwd=flow.root,
+            start_new_session=True,  # its own process group, killed whole
+        )
+    deadline = time.monotonic() + 120
+    while len(list(folder.glob("*.parquet"))) < 6:
+        assert process.poll() is None, (flow.workdir / "terminal.txt").read_text()
+        assert time.monotonic() < deadline, "the fetch never committed six batches"
+        time.sleep(0.005)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    committed = flow.committed()
+    assert 6 <= len(committed) < 20
+    before = len(flow.calls())
+
+    flow.marker("slow", None)
+    done = flow.run()
+    assert done.returncode == 0, done.stdout + done.stderr
+    again = flow.calls()[before:]
+    assert committed.isdisjoint(again), "a committed batch was requested again"
+    assert sorted(again) == sorted(set(range(0, WORKFLOW_KEYS, 3)) - committed)
+    assert flow.table().equals(expected_items())
+    assert flow.fetch_step()["batches_resumed"] == len(committed)

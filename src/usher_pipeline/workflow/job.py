@@ -29,8 +29,11 @@ from usher_pipeline.persistence.provenance import utc_now
 from usher_pipeline.settings import StoreSettings
 from usher_pipeline.workflow.faults import fault_point
 from usher_pipeline.workflow.fetch import (
+    DEFAULT_ATTEMPTS,
+    DEFAULT_BACKOFF_S,
     BatchLedger,
     FileLedger,
+    RetryPolicy,
     fetch_in_batches,
     progress_path,
     write_progress,
@@ -154,8 +157,18 @@ class Job:
         *,
         batch_size: int,
         output: str = "table",
+        attempts: int | None = None,
+        backoff: float | None = None,
+        in_flight: int = 1,
     ) -> pl.DataFrame:
         """Fetch `keys` in batches, committing each; a rerun fetches only uncommitted batches.
+
+        A batch whose function raises is tried up to `attempts` times (the config's
+        `api.max_retries` when None), waiting `backoff` seconds (1 when None) doubled per
+        attempt, with jitter, or what the error's `Retry-After` asks; up to `in_flight`
+        batches are fetched at once, in threads. A batch that fails for good stops the job in
+        one line. The step log's `batched_fetch` step sums the attempts, retries, errors and
+        waits.
 
         The batches are tied to this job's params (their hash is the fetch signature). They
         and the fetch's progress note (see `remaining_share`) outlive the job, so that a
@@ -167,6 +180,11 @@ class Job:
         ledger = self._ledgers.setdefault(output, FileLedger(sentinel.parent / ".partial" / table))
         note = progress_path(sentinel)
         remove_stale_temps(note)
+        api = (self.smk.config or {}).get("api") or {}
+        policy = RetryPolicy(
+            attempts=api.get("max_retries", DEFAULT_ATTEMPTS) if attempts is None else attempts,
+            backoff=DEFAULT_BACKOFF_S if backoff is None else backoff,
+        )
         frame, summary = fetch_in_batches(
             keys,
             fetch,
@@ -176,6 +194,8 @@ class Job:
             label=table,
             progress=self.log.info,
             on_commit=lambda committed, total: write_progress(note, committed, total),
+            retry=policy,
+            in_flight=in_flight,
         )
         self.record_step("batched_fetch", summary)
         return frame
