@@ -1,9 +1,10 @@
 """A real HTTP API on 127.0.0.1 that misbehaves on demand, for the tests of the source client.
 
 `serve_loopback_api()` starts a `ThreadingHTTPServer` on a free port in a daemon thread and
-stops it when its block ends; the `loopback_api` fixture yields one per test. Child processes
-reach it by `api.url(...)`: the server lives in the test's process, so its counts see every
-process's requests.
+stops it when its block ends; the `loopback_api` fixture yields one per test (a test module
+makes it available with `from loopback_api import loopback_api_fixture`). Child processes reach
+it by `api.url(...)`: the server lives in the test's process, so its counts see every process's
+requests.
 
 What it answers (`GET` on any path):
 
@@ -26,6 +27,7 @@ Knobs (set them between requests; all are thread-safe to read from the handler):
 - `api.rate_limit_per_second = N`: a server-wide limit; a request when N requests were answered
   in the last second gets `429` with `Retry-After: 1` (counted in `api.rejected`).
 - `api.counts[path]`: requests received per path (every attempt, refused or not);
+  `api.times`: the wall time each request arrived (`time.time()`), in order;
   `api.requests`: `(path, raw_query, status)` of each, in order; `api.total()`: all requests.
 - `api.reset()`: forget counts, faults and the limit (records, files and headers stay).
 """
@@ -35,6 +37,7 @@ from __future__ import annotations
 import json
 import socket
 import struct
+import sys
 import threading
 import time
 from collections import Counter, deque
@@ -90,6 +93,7 @@ class LoopbackAPI:
         with self.lock:
             self.counts: Counter[str] = Counter()
             self.requests: list[tuple[str, str, int]] = []
+            self.times: list[float] = []
             self.ranges: list[str | None] = []
             self.rejected = 0
             self.rate_limit_per_second: float | None = None
@@ -120,6 +124,7 @@ class LoopbackAPI:
         """Count a request to `path` and say how it misbehaves (None: it behaves)."""
         with self.lock:
             self.counts[path] += 1
+            self.times.append(time.time())
             queue = self._scheduled.get(path)
             if queue:
                 return queue.popleft()
@@ -237,6 +242,11 @@ class _Server(ThreadingHTTPServer):
     daemon_threads = True
     api: LoopbackAPI
 
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """Quiet about clients that hung up (a timeout on their side); loud about the rest."""
+        if not isinstance(sys.exc_info()[1], ConnectionError):
+            super().handle_error(request, client_address)
+
 
 @contextmanager
 def serve_loopback_api() -> Iterator[LoopbackAPI]:
@@ -256,8 +266,11 @@ def serve_loopback_api() -> Iterator[LoopbackAPI]:
         thread.join(timeout=10)
 
 
-@pytest.fixture
-def loopback_api() -> Iterator[LoopbackAPI]:
-    """A misbehaving API on loopback for one test (`from loopback_api import loopback_api`)."""
+@pytest.fixture(name="loopback_api")
+def loopback_api_fixture() -> Iterator[LoopbackAPI]:
+    """The fixture `loopback_api`: a misbehaving API on loopback for one test.
+
+    A test module makes it available with `from loopback_api import loopback_api_fixture`.
+    """
     with serve_loopback_api() as api:
         yield api

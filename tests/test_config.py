@@ -729,9 +729,9 @@ def snakemake_in(folder: Path, *args: str) -> subprocess.CompletedProcess[str]:
             "config key api.max_retrys is not a library setting: did you mean api.max_retries?",
         ),
         (
-            {"api": {"per_source": {}}},
-            "config key api.per_source is not a library setting: api takes cache_ttl_seconds, "
-            "max_retries, rate_limit_per_second, timeout_seconds",
+            {"api": {"proxy": {}}},
+            "config key api.proxy is not a library setting: api takes cache_ttl_seconds, "
+            "max_retries, rate_limit_per_second, sources, timeout_seconds",
         ),
         *(
             (

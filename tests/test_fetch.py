@@ -1084,3 +1084,23 @@ def test_a_fetch_of_four_in_flight_killed_mid_fetch_requests_no_committed_batch_
     assert sorted(again) == sorted(set(range(0, WORKFLOW_KEYS, 3)) - committed)
     assert flow.table().equals(expected_items())
     assert flow.fetch_step()["batches_resumed"] == len(committed)
+
+
+@pytest.mark.parametrize(("max_retries", "attempts", "expected"), [(2, None, 2), (2, 3, 3)])
+def test_a_job_tries_a_batch_as_often_as_the_config_or_the_call_says(
+    tmp_path, max_retries, attempts, expected
+):
+    smk = fetch_job(tmp_path, "job")
+    smk.config["api"] = {"max_retries": max_retries}
+    source = Failing(20, ConnectionError("connection reset by peer"))
+    with pytest.raises(SystemExit) as stop, Job(smk) as job:
+        job.fetch(KEYS, source, batch_size=BATCH, attempts=attempts, backoff=0.001)
+    assert str(stop.value) == (
+        f"rule things: things: batch 3 of 10 (keys 20..29) failed after {expected} attempts: "
+        "ConnectionError: connection reset by peer; the 2 committed batches are kept, so a "
+        "rerun fetches only the others"
+    )
+    assert source.calls.count(20) == expected
+    log = (tmp_path / "logs/things.log").read_text()
+    assert log.count("failed after") == 1 and "Traceback" not in log
+    assert f'"attempts":{2 + expected}' in log  # the summary of the fetch that stopped

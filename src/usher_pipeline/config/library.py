@@ -19,7 +19,15 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Annotated, Any, Final
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, WithJsonSchema
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationError,
+    WithJsonSchema,
+)
 
 from usher_pipeline.config.loader import ConfigError, read_config_file
 from usher_pipeline.settings import (
@@ -49,6 +57,55 @@ class LibraryConfigError(ConfigError):
     """A library key of a workflow's config is misspelt, of the wrong type or out of bounds."""
 
 
+#: A source's name: it names its cache, its rate-limit bucket and its Snakemake resource.
+SourceName = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_]*$", max_length=64)]
+#: An environment variable's name, which holds a secret (the secret itself is never in a config).
+EnvName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")]
+
+
+class SourceAPIConfig(BaseModel):
+    """One API's own settings under `api.sources.<name>`; an unset key takes the `api` value."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    rate_limit_per_second: float | None = Field(
+        default=None, gt=0, allow_inf_nan=False, description="Requests per second to this API."
+    )
+    max_retries: int | None = Field(default=None, ge=1, le=20, description="Attempts per request.")
+    cache_ttl_seconds: int | None = Field(
+        default=None, ge=0, description="Lifetime of its cached responses; 0 = never expires."
+    )
+    timeout_seconds: float | None = Field(
+        default=None, gt=0, allow_inf_nan=False, description="Timeout of one request."
+    )
+    secrets: dict[str, EnvName] = Field(
+        default_factory=dict,
+        description="Query parameter -> the environment variable holding its value (api_key).",
+    )
+    secret_headers: dict[str, EnvName] = Field(
+        default_factory=dict,
+        description="Request header -> the environment variable holding its value.",
+    )
+    release_header: str | None = Field(
+        default=None, min_length=1, description="A response header naming the data release."
+    )
+
+
+class ResolvedSourceConfig(BaseModel):
+    """The settings one source's client uses: its own, with the `api` section's for the rest."""
+
+    model_config = ConfigDict(frozen=True)
+
+    name: str
+    rate_limit_per_second: float
+    max_retries: int
+    cache_ttl_seconds: int
+    timeout_seconds: float
+    secrets: dict[str, str]
+    secret_headers: dict[str, str]
+    release_header: str | None
+
+
 class APIConfig(BaseModel):
     """How external APIs are called; changes how data are fetched, not what."""
 
@@ -60,6 +117,26 @@ class APIConfig(BaseModel):
         default=86400, ge=0, description="Lifetime of cached responses; 0 = never expires."
     )
     timeout_seconds: int = Field(default=30, ge=1, description="Timeout of one request.")
+    sources: dict[SourceName, SourceAPIConfig] = Field(
+        default_factory=dict,
+        description="Settings of one API by its name (e.g. ncbi); unset keys take the above.",
+    )
+
+    def for_source(self, name: str) -> ResolvedSourceConfig:
+        """The settings of source `name`: its own where it sets them, else this section's."""
+        own = self.sources.get(name, SourceAPIConfig())
+        return ResolvedSourceConfig(
+            name=name,
+            rate_limit_per_second=own.rate_limit_per_second or self.rate_limit_per_second,
+            max_retries=own.max_retries or self.max_retries,
+            cache_ttl_seconds=(
+                self.cache_ttl_seconds if own.cache_ttl_seconds is None else own.cache_ttl_seconds
+            ),
+            timeout_seconds=own.timeout_seconds or self.timeout_seconds,
+            secrets=dict(own.secrets),
+            secret_headers=dict(own.secret_headers),
+            release_header=own.release_header,
+        )
 
 
 class StoreConfig(BaseModel):

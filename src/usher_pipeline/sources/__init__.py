@@ -1,0 +1,24 @@
+"""Real sources: an HTTP client for APIs, paced to a rate limit shared across processes.
+
+See docs/sources.md.
+"""
+
+from __future__ import annotations
+
+from usher_pipeline.sources.client import (
+    REDACTED,
+    SourceClient,
+    SourceRequestError,
+    client_for,
+    redact_url,
+)
+from usher_pipeline.sources.pacing import SharedPacer
+
+__all__ = [
+    "REDACTED",
+    "SharedPacer",
+    "SourceClient",
+    "SourceRequestError",
+    "client_for",
+    "redact_url",
+]
