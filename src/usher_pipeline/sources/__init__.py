@@ -12,6 +12,7 @@ from usher_pipeline.sources.client import (
     client_for,
     redact_url,
 )
+from usher_pipeline.sources.download import download
 from usher_pipeline.sources.pacing import SharedPacer
 
 __all__ = [
@@ -20,5 +21,6 @@ __all__ = [
     "SourceClient",
     "SourceRequestError",
     "client_for",
+    "download",
     "redact_url",
 ]
