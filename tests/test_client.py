@@ -12,6 +12,7 @@ from email.utils import formatdate
 from pathlib import Path
 from typing import Any
 
+import polars as pl
 import pytest
 from loopback_api import LoopbackAPI, loopback_api_fixture  # noqa: F401 - the fixture
 
@@ -297,3 +298,68 @@ def test_bad_source_settings_are_refused(sources: dict[str, Any], key: str) -> N
     with pytest.raises(LibraryConfigError) as info:
         validate_library_config({"api": {"sources": sources}})
     assert key in str(info.value)
+
+
+# -- in a job's fetch ------------------------------------------------------------------------
+
+FETCH_JOB = """
+import sys
+import polars as pl
+from usher_pipeline.sources import client_for
+from usher_pipeline.workflow import Job, mock_snakemake
+
+base, root, path = sys.argv[1], sys.argv[2], sys.argv[3]
+config = {
+    "duckdb_path": f"{root}/results/pipeline.duckdb",
+    "cache_dir": f"{root}/cache",
+    "api": {"max_retries": 4, "sources": {"genes": {"rate_limit_per_second": 50}}},
+    "_usher": {"config_hash": "c0ffee", "pipeline_version": "0"},
+}
+output = {
+    "table": f"{root}/results/tables/genes.parquet",
+    "steplog": f"{root}/results/steplogs/genes.json",
+}
+smk = mock_snakemake("genes", output=output, log=[f"{root}/logs/genes.log"], config=config)
+with Job(smk) as job, client_for(job, "genes", backoff_first_seconds=0.05) as client:
+    def fetch(batch):
+        answer = client.get_json(f"{base}{path}", {"ids": ",".join(batch)})
+        return pl.DataFrame(answer["results"])
+
+    keys = [str(i) for i in range(40)]
+    frame = job.fetch(keys, fetch, batch_size=5, in_flight=3, backoff=0.05)
+    job.save(frame, description="genes")
+"""
+
+
+def run_fetch_job(tmp_path: Path, api: LoopbackAPI, path: str) -> subprocess.CompletedProcess[str]:
+    script = tmp_path / "fetch_job.py"
+    script.write_text(FETCH_JOB)
+    return subprocess.run(
+        [sys.executable, str(script), api.url(""), str(tmp_path), path],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=120,
+    )
+
+
+def test_a_flaky_source_converges_in_a_fetch_with_batches_in_flight(tmp_path, loopback_api):
+    api: LoopbackAPI = loopback_api
+    api.schedule("/genes", "429:1", "500", "reset", "503")
+    done = run_fetch_job(tmp_path, api, "/genes")
+    assert done.returncode == 0, done.stderr
+    frame = pl.read_parquet(tmp_path / "results/tables/genes.parquet")
+    assert frame["id"].to_list() == [str(i) for i in range(40)]
+    assert api.counts["/genes"] == 8 + 4  # eight batches, and one retry per fault
+    steplog = json.loads((tmp_path / "results/steplogs/genes.json").read_text())
+    steps = {step["step_name"]: step["details"] for step in steplog["steps"]}
+    assert (steps["http_genes"]["requests"], steps["http_genes"]["retries"]) == (12, 4)
+
+
+def test_a_refused_request_fails_its_fetch_without_another_attempt(tmp_path, loopback_api):
+    api: LoopbackAPI = loopback_api
+    api.always("/gone", "404")
+    done = run_fetch_job(tmp_path, api, "/gone")
+    assert done.returncode != 0
+    assert api.counts["/gone"] <= 3  # one request per batch in flight, none tried again
+    assert "HTTP 404" in done.stderr

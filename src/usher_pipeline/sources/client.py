@@ -79,22 +79,39 @@ TRANSIENT_ERRORS: Final = (
 class SourceRequestError(UsherError):
     """A request to a source failed: refused (`permanent`) or still failing after its attempts.
 
-    `status` is the HTTP status of the last answer, None when no answer came.
+    `status` is the HTTP status of the last answer, None when no answer came; `response` is
+    that answer, so that `job.fetch` sees a refused request's status (a 4xx other than 408 and
+    429) and does not try its batch again.
     """
 
-    def __init__(self, message: str, *, status: int | None, permanent: bool) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int | None,
+        permanent: bool,
+        response: requests.Response | None = None,
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.permanent = permanent
+        self.response = response
 
 
 class _Transient(Exception):
     """One attempt that is worth another: a retryable status or a transfer error."""
 
-    def __init__(self, text: str, status: int | None, retry_after: float | None) -> None:
+    def __init__(
+        self,
+        text: str,
+        status: int | None,
+        retry_after: float | None,
+        response: requests.Response | None = None,
+    ) -> None:
         super().__init__(text)
         self.status = status
         self.retry_after = retry_after
+        self.response = response
 
 
 def redact_url(url: str, secret_params: frozenset[str] | set[str]) -> str:
@@ -293,6 +310,7 @@ class SourceClient:
                 f"api.sources.{self.name}.max_retries",
                 status=exc.status,
                 permanent=False,
+                response=exc.response,
             ) from None
         return response
 
@@ -338,7 +356,7 @@ class SourceClient:
             retry_after = parse_retry_after(response.headers.get("Retry-After"))
             if retry_after is not None:
                 self.pacer.hold(retry_after)
-            raise _Transient(f"HTTP {status} {response.reason}", status, retry_after)
+            raise _Transient(f"HTTP {status} {response.reason}", status, retry_after, response)
         if status >= 400:
             self._count_error(f"http_{status}")
             raise SourceRequestError(
@@ -346,6 +364,7 @@ class SourceClient:
                 "parameters and the source's API key",
                 status=status,
                 permanent=True,
+                response=response,
             )
         self._note_versions(response)
         return response
