@@ -34,8 +34,10 @@ from usher_pipeline.sources.download import (
     redact_secrets,
 )
 from usher_pipeline.workflow.layout import Layout
+from usher_pipeline.workflow.testing import mock_snakemake, run_script
 
 SNAKEMAKE = Path(sys.executable).with_name("snakemake")
+SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "download.py"
 TIMEOUT = 300
 
 
@@ -405,3 +407,52 @@ def test_a_declaration_registers_the_file_with_its_step_log() -> None:
     assert downloads.param("source")(type("W", (), {"download": "c.tsv.gz"})()) == "hpa"
     with pytest.raises(DownloadDeclarationError, match="is not a declared download"):
         downloads.param("url")(type("W", (), {"download": "d.tsv"})())
+
+
+def test_the_rule_script_names_a_missing_secret_variable(
+    server: FileServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    server.put("/s.bin", payload(1000))
+    monkeypatch.delenv("FILES_KEY", raising=False)
+    smk = mock_snakemake(
+        "usher_download",
+        output={"file": tmp_path / "s.bin", "steplog": tmp_path / "s.json"},
+        params={"url": server.url("/s.bin"), "sha256": None, "source": "files"},
+        config={"api": {"sources": {"files": {"secrets": {"api_key": "FILES_KEY"}}}}},
+        log=[tmp_path / "s.log"],
+    )
+    with pytest.raises(SystemExit) as raised:
+        run_script(SCRIPT, smk)
+    assert str(raised.value) == (
+        f"rule usher_download: download of {server.url('/s.bin')} needs the environment "
+        "variable FILES_KEY for its query parameter api_key (api.sources.files.secrets): set it"
+    )
+    assert server.requests == [] and not (tmp_path / "s.bin").exists()
+
+
+def test_the_rule_script_records_the_download(
+    server: FileServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data = payload(90_000, seed=5)
+    server.put("/t.bin", data)
+    monkeypatch.setenv("FILES_KEY", SECRET)
+    smk = mock_snakemake(
+        "usher_download",
+        output={"file": tmp_path / "t.bin", "steplog": tmp_path / "t.json"},
+        params={"url": server.url("/t.bin"), "sha256": None, "source": "files"},
+        config={
+            "api": {
+                "timeout_seconds": 5,
+                "sources": {"files": {"secrets": {"api_key": "FILES_KEY"}}},
+            }
+        },
+        log=[tmp_path / "t.log"],
+    )
+    run_script(SCRIPT, smk)
+    assert (tmp_path / "t.bin").read_bytes() == data
+    assert [r.query for r in server.requests] == [f"api_key={SECRET}"]
+    steplog = (tmp_path / "t.json").read_text()
+    assert SECRET not in steplog and SECRET not in (tmp_path / "t.log").read_text()
+    record = json.loads(steplog)
+    assert record["outputs"][0]["sha256"] == hashlib.sha256(data).hexdigest()
+    assert record["data_sources"] == {"files": server.files["/t.bin"].etag}
