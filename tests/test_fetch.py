@@ -755,6 +755,10 @@ def test_messages_lose_the_query_strings_and_user_info_of_urls():
         ValueError("GET https://me:pw@eutils.example.gov/esearch.fcgi?term=x&api_key=K1 failed")
     )
     assert text == "ValueError: GET https://eutils.example.gov/esearch.fcgi?... failed"
+    assert error_text(OSError("no route to ftp://anonymous:me@example.org@ftp.example.org/x")) == (
+        "OSError: no route to ftp://ftp.example.org/x"
+    )
+    assert error_text(KeyError("results"), with_type=False) == "'results'"
 
 
 def test_the_default_attempts_are_the_configs():

@@ -87,7 +87,8 @@ DEFAULT_BACKOFF_S: Final = 1.0  # the first wait; each next one doubles, up to M
 MAX_BACKOFF_S: Final = 60.0
 MAX_RETRY_AFTER_S: Final = 3600.0  # a Retry-After hint is honoured up to an hour
 RETRIED_4XX: Final = frozenset({408, 429})
-_QUERY = re.compile(r"(\b[a-z][a-z0-9+.-]*://)(?:[^\s/@?#]*@)?([^\s?#]*)[?#][^\s]*", re.I)
+_USER_INFO = re.compile(r"(\b[a-z][a-z0-9+.-]*://)[^\s/?#]*@", re.I)
+_QUERY = re.compile(r"(\b[a-z][a-z0-9+.-]*://[^\s?#]*)[?#]\S*", re.I)
 
 
 def status_code(exc: BaseException) -> int | None:
@@ -140,7 +141,7 @@ def error_text(exc: BaseException, limit: int = 300, *, with_type: bool = True) 
     """`Type: message` (or the message alone) on one line, with the query strings and user
     info of URLs cut (they carry API keys and e-mail addresses), at most `limit` characters."""
     message = " ".join(str(exc).split())
-    message = _QUERY.sub(lambda m: f"{m.group(1)}{m.group(2)}?...", message)
+    message = _QUERY.sub(r"\1?...", _USER_INFO.sub(r"\1", message))
     if not with_type:
         text = message
     else:
