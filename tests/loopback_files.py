@@ -37,6 +37,7 @@ class Served:
     query: str
     range: str | None
     if_range: str | None
+    headers: dict[str, str] = field(default_factory=dict)
     status: int = 0
     bytes_sent: int = 0
 
@@ -118,7 +119,12 @@ def _handler(server: FileServer) -> type[BaseHTTPRequestHandler]:
         def answer(self, body: bool) -> None:
             path, _, query = self.path.partition("?")
             record = Served(
-                self.command, path, query, self.headers.get("Range"), self.headers.get("If-Range")
+                self.command,
+                path,
+                query,
+                self.headers.get("Range"),
+                self.headers.get("If-Range"),
+                dict(self.headers.items()),
             )
             server.requests.append(record)
             hosted = server.files.get(path)

@@ -436,21 +436,19 @@ def test_the_rule_script_records_the_download(
     data = payload(90_000, seed=5)
     server.put("/t.bin", data)
     monkeypatch.setenv("FILES_KEY", SECRET)
+    monkeypatch.setenv("FILES_TOKEN", "header-" + SECRET)
+    files = {"secrets": {"api_key": "FILES_KEY"}, "secret_headers": {"X-Token": "FILES_TOKEN"}}
     smk = mock_snakemake(
         "usher_download",
         output={"file": tmp_path / "t.bin", "steplog": tmp_path / "t.json"},
         params={"url": server.url("/t.bin"), "sha256": None, "source": "files"},
-        config={
-            "api": {
-                "timeout_seconds": 5,
-                "sources": {"files": {"secrets": {"api_key": "FILES_KEY"}}},
-            }
-        },
+        config={"api": {"timeout_seconds": 5, "sources": {"files": files}}},
         log=[tmp_path / "t.log"],
     )
     run_script(SCRIPT, smk)
     assert (tmp_path / "t.bin").read_bytes() == data
     assert [r.query for r in server.requests] == [f"api_key={SECRET}"]
+    assert server.requests[0].headers["X-Token"] == "header-" + SECRET
     steplog = (tmp_path / "t.json").read_text()
     assert SECRET not in steplog and SECRET not in (tmp_path / "t.log").read_text()
     record = json.loads(steplog)

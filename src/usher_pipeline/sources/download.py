@@ -232,17 +232,12 @@ def download_for_job(job: Job, output: str = DOWNLOAD_OUTPUT) -> DownloadResult:
     api = dict(job.smk.config.get("api") or {})
     own = dict((api.get("sources") or {}).get(source) or {})
     secrets: dict[str, str] = dict(own.get("secrets") or {})
-    sent: list[tuple[str, str]] = []
-    for name, variable in secrets.items():
-        value = os.environ.get(variable)
-        if not value:
-            raise DownloadError(
-                f"download of {redact_secrets(url)} needs the environment variable {variable} "
-                f"for its query parameter {name} (api.sources.{source}.secrets): set it"
-            )
-        sent.append((name, value))
+    sent = _from_environment(url, source, secrets, "query parameter", "secrets")
     if sent:
         url += ("&" if urlsplit(url).query else "?") + urlencode(sent)
+    headers = _from_environment(
+        url, source, dict(own.get("secret_headers") or {}), "header", "secret_headers"
+    )
     target = job.output(output)
     result = download(
         url,
@@ -250,6 +245,7 @@ def download_for_job(job: Job, output: str = DOWNLOAD_OUTPUT) -> DownloadResult:
         sha256=params.get("sha256") or None,
         timeout=float(own.get("timeout_seconds") or api.get("timeout_seconds") or 30),
         max_retries=int(own.get("max_retries") or api.get("max_retries") or 5),
+        headers=dict(headers),
         progress=job.log.info,
         secrets=secrets,
     )
@@ -270,3 +266,19 @@ def download_for_job(job: Job, output: str = DOWNLOAD_OUTPUT) -> DownloadResult:
         }
     )
     return result
+
+
+def _from_environment(
+    url: str, source: str, names: Mapping[str, str], kind: str, key: str
+) -> list[tuple[str, str]]:
+    """(name, value) of each secret `names` maps to an environment variable, all required."""
+    found = []
+    for name, variable in names.items():
+        value = os.environ.get(variable)
+        if not value:
+            raise DownloadError(
+                f"download of {redact_secrets(url, names)} needs the environment variable "
+                f"{variable} for its {kind} {name} (api.sources.{source}.{key}): set it"
+            )
+        found.append((name, value))
+    return found
