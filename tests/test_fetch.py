@@ -1108,3 +1108,20 @@ def test_a_job_tries_a_batch_as_often_as_the_config_or_the_call_says(
     log = (tmp_path / "logs/things.log").read_text()
     assert log.count("failed after") == 1 and "Traceback" not in log
     assert f'"attempts":{2 + expected}' in log  # the summary of the fetch that stopped
+
+
+def test_a_batch_that_cannot_combine_stops_a_fetch_in_flight_too(tmp_path):
+    folder = tmp_path / "t"
+    source = Batches({50: pl.DataFrame({"key": [1], "value": [3.75]})}, WHOLE)
+    with pytest.raises(BatchMismatch, match=r"^t: batch 6 of 10 \(keys 50 to 59\) has column"):
+        fetch_in_batches(
+            KEYS, source, ledger=FileLedger(folder), batch_size=BATCH, label="t", in_flight=4
+        )
+    committed = FileLedger(folder).committed()
+    assert 5 <= len(committed) <= 8  # those before it, and those that returned before it
+    assert all(pl.read_parquet(folder / f"{b}.parquet").equals(WHOLE) for b in committed)
+    assert plan_batches(KEYS, BATCH, "")[5][0] not in committed
+    rerun = Batches({}, WHOLE)
+    frame, _ = fetch_in_batches(KEYS, rerun, ledger=FileLedger(folder), batch_size=BATCH)
+    assert len(rerun.calls) == 10 - len(committed) and 50 in rerun.calls
+    assert frame.height == 10
