@@ -363,3 +363,22 @@ def test_a_refused_request_fails_its_fetch_without_another_attempt(tmp_path, loo
     assert done.returncode != 0
     assert api.counts["/gone"] <= 3  # one request per batch in flight, none tried again
     assert "HTTP 404" in done.stderr
+
+
+def test_a_bad_source_name_or_override_is_one_line(tmp_path: Path):
+    from usher_pipeline.sources import SourceSettingsError, client_for
+    from usher_pipeline.workflow import Job, mock_snakemake
+
+    settings = APIConfig().for_source("NCBI")
+    with pytest.raises(SourceSettingsError, match="source name 'NCBI' is not valid: use lower"):
+        SourceClient(settings, tmp_path / "cache", environ={})
+    output = {"table": tmp_path / "t/genes.parquet", "steplog": tmp_path / "t/genes.json"}
+    smk = mock_snakemake("genes", output=output, config={"cache_dir": str(tmp_path / "cache")})
+    job = Job(smk)
+    with pytest.raises(SourceSettingsError) as info, client_for(job, "ncbi", timeout=5):
+        pass
+    assert str(info.value).startswith(
+        "client_for(job, 'ncbi') was given a bad setting timeout: Extra inputs are not permitted;"
+    )
+    with client_for(job, "ncbi", timeout_seconds=0.5, release_header="X-R") as client:
+        assert (client.settings.timeout_seconds, client.settings.release_header) == (0.5, "X-R")

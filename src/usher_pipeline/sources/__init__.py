@@ -9,6 +9,7 @@ from usher_pipeline.sources.client import (
     REDACTED,
     SourceClient,
     SourceRequestError,
+    SourceSettingsError,
     client_for,
     redact_url,
 )
@@ -20,6 +21,7 @@ __all__ = [
     "SharedPacer",
     "SourceClient",
     "SourceRequestError",
+    "SourceSettingsError",
     "client_for",
     "download",
     "redact_url",

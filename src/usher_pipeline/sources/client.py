@@ -33,6 +33,7 @@ from __future__ import annotations
 import logging
 import os
 import random
+import re
 import threading
 import time
 from collections import Counter
@@ -45,6 +46,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import requests
 import requests_cache
+from pydantic import ValidationError
 from requests.adapters import HTTPAdapter
 from tenacity import (
     RetryCallState,
@@ -53,13 +55,22 @@ from tenacity import (
     stop_after_attempt,
 )
 
-from usher_pipeline.config.library import APIConfig, ResolvedSourceConfig
+from usher_pipeline.config.library import APIConfig, ResolvedSourceConfig, SourceAPIConfig
 from usher_pipeline.errors import UsherError
 from usher_pipeline.sources.pacing import SharedPacer
 
-__all__ = ["REDACTED", "SourceClient", "SourceRequestError", "client_for", "redact_url"]
+__all__ = [
+    "REDACTED",
+    "SourceClient",
+    "SourceRequestError",
+    "SourceSettingsError",
+    "client_for",
+    "redact_url",
+]
 
 REDACTED: Final = "REDACTED"
+#: A source's name, as `api.sources` takes it: it names files and a Snakemake resource.
+SOURCE_NAME: Final = re.compile(r"[a-z][a-z0-9_]*")
 #: Statuses worth another attempt: the server is busy, overloaded or briefly broken.
 RETRY_STATUSES: Final = frozenset({408, 429, 500, 502, 503, 504})
 #: The first backoff and the longest one (seconds); jitter adds up to the backoff again.
@@ -96,6 +107,10 @@ class SourceRequestError(UsherError):
         self.status = status
         self.permanent = permanent
         self.response = response
+
+
+class SourceSettingsError(UsherError):
+    """A source's name or one of the settings given for its client is not valid."""
 
 
 class _Transient(Exception):
@@ -204,6 +219,11 @@ class SourceClient:
         log: logging.Logger | None = None,
         backoff_first_seconds: float = BACKOFF_FIRST_S,
     ) -> None:
+        if not SOURCE_NAME.fullmatch(settings.name):
+            raise SourceSettingsError(
+                f"source name {settings.name!r} is not valid: use lower-case letters, digits and "
+                "_, starting with a letter (e.g. ncbi), as in api.sources"
+            )
         self.settings = settings
         self.backoff_first_seconds = backoff_first_seconds
         self.name = settings.name
@@ -437,17 +457,39 @@ class SourceClient:
 
 
 @contextmanager
-def client_for(job: Any, source: str, **settings: Any) -> Iterator[SourceClient]:
+def client_for(
+    job: Any,
+    source: str,
+    *,
+    backoff_first_seconds: float = BACKOFF_FIRST_S,
+    **settings: Any,
+) -> Iterator[SourceClient]:
     """A client for `source` with the job's config; on success, its summary goes in the step
     log (step `http_<source>`) and the version it saw in the job's data sources.
 
-    `settings` override the config's (e.g. `release_header="X-Release"`).
+    `settings` override the config's `api.sources.<source>` keys for this client (e.g.
+    `release_header="X-Release"`, `timeout_seconds=5`); they are checked like the config.
     """
     config = dict(getattr(job.smk, "config", None) or {})
     api = APIConfig.model_validate(config.get("api") or {})
-    resolved = api.for_source(source).model_copy(update=settings)
+    own = api.sources.get(source, SourceAPIConfig()).model_dump(exclude_unset=True)
+    try:
+        merged = SourceAPIConfig.model_validate({**own, **settings})
+    except ValidationError as exc:
+        error = exc.errors(include_url=False)[0]
+        where = ".".join(str(part) for part in error["loc"])
+        raise SourceSettingsError(
+            f"client_for(job, {source!r}) was given a bad setting {where}: {error['msg']}; it "
+            f"takes {', '.join(SourceAPIConfig.model_fields)}"
+        ) from None
+    resolved = api.model_copy(update={"sources": {**api.sources, source: merged}})
     cache_dir = Path(config.get("cache_dir") or "data/cache")
-    with SourceClient(resolved, cache_dir, log=job.log) as client:
+    with SourceClient(
+        resolved.for_source(source),
+        cache_dir,
+        log=job.log,
+        backoff_first_seconds=backoff_first_seconds,
+    ) as client:
         yield client
         job.record_step(f"http_{source}", client.summary())
         version = client.version()
