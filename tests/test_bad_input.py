@@ -424,6 +424,11 @@ def test_column_names_with_spaces_quotes_and_unicode_round_trip(committed):
 # -- config ------------------------------------------------------------------------------------
 
 VALID = (REPO / "config" / "config.yaml").read_text()
+HPO_LINE = 'hpo: "2025-01-16"'
+# the upstream weights an older config carries: ignored, but still checked when given
+SCORING = "\nscoring:\n  gnomad: 0.20\n  expression: 0.20\n  annotation: 0.15\n" + (
+    "  localization: 0.15\n  animal_model: 0.15\n  literature: 0.15\n"
+)
 
 
 def config_case(tmp_path: Path, text: str | None) -> Path:
@@ -441,10 +446,13 @@ CONFIG_CASES = {
     "unknown_key": (VALID + "\nsurprise: 1\n", "surprise"),
     "misspelt_nested_key": (VALID.replace("max_retries", "max_retry"), "max_retry"),
     "wrong_type": (
-        VALID.replace("ensembl_release: 113", "ensembl_release: latest"),
+        VALID.replace(HPO_LINE, "ensembl_release: latest"),
         "ensembl_release",
     ),
-    "weights_do_not_sum_to_one": (VALID.replace("gnomad: 0.20", "gnomad: 0.30"), "sum to"),
+    "weights_do_not_sum_to_one": (
+        VALID + SCORING.replace("gnomad: 0.20", "gnomad: 0.30"),
+        "sum to",
+    ),
     "layer_weights_do_not_sum_to_one": (VALID.replace("weight: 0.4", "weight: 0.5"), "sum to"),
     "negative_rate_limit": (
         VALID.replace("rate_limit_per_second: 5", "rate_limit_per_second: -5"),
@@ -455,11 +463,11 @@ CONFIG_CASES = {
         "lock_timeout_seconds",
     ),
     "negative_weight": (
-        VALID.replace("gnomad: 0.20", "gnomad: -0.20"),
+        VALID + SCORING.replace("gnomad: 0.20", "gnomad: -0.20"),
         "gnomad",
     ),
     "ensembl_release_below_100": (
-        VALID.replace("ensembl_release: 113", "ensembl_release: 99"),
+        VALID.replace(HPO_LINE, "ensembl_release: 99"),
         "ensembl_release",
     ),
     "bad_database_mode": (
@@ -467,7 +475,7 @@ CONFIG_CASES = {
         "database_mode",
     ),
     "key_given_twice": (VALID + "\nduckdb_path: other.duckdb\n", "'duckdb_path' twice"),
-    "section_given_twice": (VALID + "\nscoring:\n  gnomad: 0.2\n", "'scoring' twice"),
+    "section_given_twice": (VALID + "\napi:\n  max_retries: 2\n", "'api' twice"),
     "infinite_lock_timeout": (
         VALID.replace("lock_timeout_seconds: 120.0", "lock_timeout_seconds: .inf"),
         "lock_timeout_seconds",
@@ -501,7 +509,9 @@ def test_bad_config_is_refused_with_the_reason(committed, tmp_path, case):
 
 
 def test_the_shipped_config_is_valid():
-    assert load_config(REPO / "config" / "config.yaml").versions.ensembl_release >= 100
+    assert load_config(REPO / "config" / "config.yaml").data_source_versions() == {
+        "hpo": "2025-01-16"
+    }
 
 
 # -- the store's file ------------------------------------------------------------------------

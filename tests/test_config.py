@@ -69,7 +69,34 @@ def error_of(data: dict[str, Any], source: str = "config/x.yaml") -> str:
 
 
 def minimal() -> PipelineConfig:
-    return PipelineConfig(versions=DataSourceVersions(ensembl_release=113))
+    return PipelineConfig(versions=DataSourceVersions(hpo="2025-01-16"))
+
+
+#: The `versions` and `scoring` that configs written for earlier releases carry.
+OLD_VERSIONS = {
+    "ensembl_release": 113,
+    "gnomad_version": "v4.1",
+    "gtex_version": "v8",
+    "hpa_version": "23.0",
+}
+OLD_SCORING = {
+    "gnomad": 0.20,
+    "expression": 0.20,
+    "annotation": 0.15,
+    "localization": 0.15,
+    "animal_model": 0.15,
+    "literature": 0.15,
+}
+IGNORED_NOTE = (
+    "usher_pipeline: config key 'scoring' is read by no rule and is ignored (it is in no "
+    "config hash): remove it from the config"
+)
+
+
+def old_config() -> dict[str, Any]:
+    """The embedded config as an earlier release shipped it: the four external versions and
+    the upstream scoring weights."""
+    return embedded_dict() | {"versions": dict(OLD_VERSIONS), "scoring": dict(OLD_SCORING)}
 
 
 def write(tmp_path: Path, text: str, name: str = "config.yaml") -> Path:
@@ -87,23 +114,12 @@ def test_defaults_match_the_documented_values():
     assert cfg.cache_dir == Path("data/cache")
     assert cfg.duckdb_path == Path("results/pipeline.duckdb")
     assert cfg.results_dir == Path("results")
-    assert cfg.versions.model_dump() == {
-        "ensembl_release": 113,
-        "gnomad_version": "v4.1",
-        "gtex_version": "v8",
-        "hpa_version": "23.0",
-    }
+    assert cfg.versions.model_dump() == {"hpo": "2025-01-16"}
+    assert PipelineConfig().versions.model_dump() == {}
     assert cfg.api == APIConfig(
         rate_limit_per_second=5, max_retries=5, cache_ttl_seconds=86400, timeout_seconds=30
     )
-    assert cfg.scoring.model_dump() == {
-        "gnomad": 0.20,
-        "expression": 0.20,
-        "annotation": 0.15,
-        "localization": 0.15,
-        "animal_model": 0.15,
-        "literature": 0.15,
-    }
+    assert cfg.scoring is None
     assert cfg.store == StoreConfig(lock_timeout_seconds=120.0, database_mode="job")
     demo = cfg.demo
     assert demo.hpo_data_dir is None
@@ -128,15 +144,59 @@ def test_defaults_are_not_shared_between_instances():
     assert minimal().demo.layers["hearing"].weight == 0.4
 
 
-def test_ensembl_release_is_required():
-    message = error_of({"versions": {}})
-    assert "versions.ensembl_release: Field required" in message
-    assert "versions: Field required" in error_of({})
+def test_versions_are_optional_and_take_any_data_source_name():
+    assert validate_config_dict({}, "x").versions.model_dump() == {}
+    assert validate_config_dict({"versions": {}}, "x").data_source_versions() == {}
+    given = {"hpo": "2025-01-16", "x": 1, "gencode": 47.0, "patched": True}
+    versions = validate_config_dict({"versions": given}, "x").data_source_versions()
+    assert versions == given
+    assert [type(v) for v in versions.values()] == [str, int, float, bool]  # kept exactly
+    message = error_of({"versions": {"hpo": ["2025"]}})
+    assert "versions.hpo: a version must be one string or number" in message
+
+
+def test_a_config_of_an_earlier_release_still_loads_with_its_versions():
+    cfg = validate_config_dict(old_config(), "old.yaml")
+    assert cfg.versions.ensembl_release == 113
+    assert cfg.data_source_versions() == OLD_VERSIONS
+    only_ensembl = validate_config_dict({"versions": {"ensembl_release": 113}}, "x")
+    assert only_ensembl.data_source_versions() == {"ensembl_release": 113}  # no defaults added
+
+
+def test_scoring_of_an_earlier_config_loads_with_one_note_and_is_in_no_hash(caplog):
+    plain = validate_config_dict(embedded_dict(), "new.yaml")
+    assert not caplog.records
+    old = validate_config_dict(embedded_dict() | {"scoring": dict(OLD_SCORING)}, "old.yaml")
+    assert [r.getMessage() for r in caplog.records] == [IGNORED_NOTE]
+    assert caplog.records[0].levelname == "WARNING"
+    assert old.scoring == ScoringWeights(**OLD_SCORING)  # still there for code that reads it
+    assert old.config_hash() == plain.config_hash()
+    assert "scoring" not in old.model_dump()
+    with pytest.raises(KeyError, match="has no key 'scoring'"):
+        old.slice("scoring")
+    other = validate_config_dict(
+        embedded_dict() | {"scoring": {**OLD_SCORING, "gnomad": 0.25, "literature": 0.10}}, "x"
+    )
+    assert other.config_hash() == plain.config_hash()
+
+
+def test_scoring_note_is_one_line_on_stderr_of_a_fresh_interpreter(tmp_path):
+    path = write(tmp_path, yaml.safe_dump(embedded_dict() | {"scoring": OLD_SCORING}))
+    probe = f"from usher_pipeline.config import load_config; load_config({str(path)!r})"
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert done.stderr == IGNORED_NOTE + "\n"
+    quiet = subprocess.run(
+        [sys.executable, "-c", probe.replace(str(path), str(EMBEDDED))],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert quiet.stderr == ""
 
 
 def test_embedded_config_loads_and_equals_the_model_defaults():
     cfg = load_config(EMBEDDED)
-    assert cfg.versions.ensembl_release == 113
+    assert cfg.versions.model_dump() == {"hpo": "2025-01-16"}
     assert cfg == minimal()
     assert cfg.config_hash() == minimal().config_hash()
 
@@ -167,6 +227,7 @@ BAD_VALUES = [
     ("versions.ensembl_release", "abc", "valid integer"),
     ("versions.ensembl_release", 113.5, "valid integer"),
     ("versions.gnomad_version", 4, "valid string"),
+    ("versions.hpo", [2025], "a version must be one string or number"),
     ("api.rate_limit_per_second", 0, "greater than or equal to 1"),
     ("api.max_retries", 0, "greater than or equal to 1"),
     ("api.max_retries", 21, "less than or equal to 20"),
@@ -174,9 +235,6 @@ BAD_VALUES = [
     ("api.cache_ttl_seconds", -1, "greater than or equal to 0"),
     ("api.timeout_seconds", 0, "greater than or equal to 1"),
     ("api.timeout_seconds", -5, "greater than or equal to 1"),
-    ("scoring.gnomad", -0.1, "greater than or equal to 0"),
-    ("scoring.literature", 1.5, "less than or equal to 1"),
-    ("scoring.expression", "high", "valid number"),
     ("store.lock_timeout_seconds", 0, "greater than 0"),
     ("store.lock_timeout_seconds", -1.0, "greater than 0"),
     ("store.database_mode", "cluster", "'job' or 'head'"),
@@ -196,12 +254,26 @@ BAD_VALUES = [
     ("api", 5, "valid dictionary"),
     ("versions", ["ensembl_release", 113], "valid dictionary"),
 ]
+BAD_SCORING = [
+    ("scoring.gnomad", -0.1, "greater than or equal to 0"),
+    ("scoring.literature", 1.5, "less than or equal to 1"),
+    ("scoring.expression", "high", "valid number"),
+]
 
 
 @pytest.mark.parametrize(("dotted", "value", "reason"), BAD_VALUES)
 def test_bad_value_is_rejected_naming_its_dotted_path(dotted, value, reason):
     message = error_of(with_value(dotted, value))
     assert message.startswith("config/x.yaml is invalid: ")
+    assert f"{dotted}: " in message
+    assert reason in message
+
+
+@pytest.mark.parametrize(("dotted", "value", "reason"), BAD_SCORING)
+def test_bad_ignored_scoring_is_still_rejected_naming_its_dotted_path(dotted, value, reason):
+    data = old_config()
+    data["scoring"][dotted.split(".")[1]] = value
+    message = error_of(data)
     assert f"{dotted}: " in message
     assert reason in message
 
@@ -236,7 +308,9 @@ def test_values_on_the_bounds_are_accepted(dotted, value):
 
 
 def test_scoring_weights_must_sum_to_one_and_the_message_names_the_sum():
-    message = error_of(with_value("scoring.gnomad", 0.15))
+    data = old_config()
+    data["scoring"]["gnomad"] = 0.15
+    message = error_of(data)
     assert "scoring: weights sum to 0.95, they must sum to 1" in message
     with pytest.raises(ValueError, match="weights sum to 1.05, they must sum to 1"):
         ScoringWeights(literature=0.2)
@@ -337,7 +411,6 @@ def test_the_demos_unknown_key_names_the_nearest_known_one(dotted, nearest):
 @pytest.mark.parametrize(
     "model",
     [
-        DataSourceVersions,
         APIConfig,
         ScoringWeights,
         StoreConfig,
@@ -352,8 +425,13 @@ def test_every_model_forbids_extra_keys(model):
     assert model.model_config.get("extra") == "forbid"
 
 
+def test_versions_take_any_name_but_only_scalar_versions():
+    assert DataSourceVersions.model_config.get("extra") == "allow"
+    assert DataSourceVersions(hpo="2025-01-16", x=1).model_dump() == {"hpo": "2025-01-16", "x": 1}
+
+
 def test_message_names_every_bad_field_in_one_paragraph():
-    data = embedded_dict()
+    data = old_config()
     data["api"]["max_retries"] = 21
     data["scoring"]["gnomad"] = 0.15
     data["foo"] = 1
@@ -459,7 +537,7 @@ def test_invalid_file_message_names_the_file(tmp_path):
 
 
 def test_minimal_file_gets_defaults(tmp_path):
-    path = write(tmp_path, "versions:\n  ensembl_release: 113\n")
+    path = write(tmp_path, "versions:\n  hpo: '2025-01-16'\n")
     assert load_config(path) == minimal()
     assert load_config(str(path)) == minimal()
 
@@ -499,7 +577,7 @@ def test_overrides_set_values_at_dotted_paths():
     assert cfg.store.database_mode == "head"
     assert cfg.duckdb_path == Path("/scratch/p.duckdb")
     assert list(cfg.demo.layers) == ["hearing"]
-    assert cfg.scoring == ScoringWeights()
+    assert cfg.scoring is None
 
 
 def test_no_overrides_equals_load_config():
@@ -531,10 +609,10 @@ def test_override_of_unknown_key_is_a_config_error_naming_it(dotted, shown):
 
 def test_override_below_a_value_is_a_config_error_naming_it():
     with pytest.raises(ConfigError) as info:
-        load_config_with_overrides(EMBEDDED, {"versions.ensembl_release.minor": 1})
+        load_config_with_overrides(EMBEDDED, {"versions.hpo.minor": 1})
     message = str(info.value)
-    assert "override 'versions.ensembl_release.minor'" in message
-    assert "'versions.ensembl_release' is a number, not a section" in message
+    assert "override 'versions.hpo.minor'" in message
+    assert "'versions.hpo' is a string, not a section" in message
 
 
 @pytest.mark.parametrize("dotted", ["", "api.", ".api", "api..max_retries"])
@@ -597,7 +675,8 @@ HASHED = [
     ("versions.gnomad_version", "v4.0"),
     ("versions.gtex_version", "v10"),
     ("versions.hpa_version", "24.0"),
-    ("scoring", {**ScoringWeights().model_dump(), "gnomad": 0.25, "literature": 0.10}),
+    ("versions.hpo", "2025-03-03"),
+    ("versions.x", 1),
     ("demo.gene_limit", 100),
     ("demo.min_valid_id_fraction", 0.9),
     ("demo.usher_disease_pattern", "^Usher"),
@@ -632,7 +711,7 @@ def test_swapping_two_layer_weights_changes_the_hash():
 def test_config_hash_does_not_depend_on_key_order_in_the_file(tmp_path):
     data = embedded_dict()
     reordered = {key: data[key] for key in reversed(list(data))}
-    reordered["scoring"] = dict(reversed(list(data["scoring"].items())))
+    reordered["demo"] = dict(reversed(list(data["demo"].items())))
     path = write(tmp_path, yaml.safe_dump(reordered, sort_keys=False))
     assert load_config(path).config_hash() == load_config(EMBEDDED).config_hash()
 
@@ -844,8 +923,10 @@ def test_the_demos_model_reuses_the_library_models():
     assert LibraryConfig.model_fields["api"].annotation is APIConfig
     assert issubclass(PipelineConfig, LibrarySettings)
     assert issubclass(LibraryConfig, LibrarySettings)
-    # the demo keeps its stricter checks: its own versions, and no free keys
-    assert "versions.ensembl_release: Field required" in error_of({"versions": {"hpo": "x"}})
+    # the demo keeps its stricter checks: the old types of the four older versions, no free keys
+    assert "versions.ensembl_release: Input should be greater than or equal to 100" in error_of(
+        {"versions": {"ensembl_release": 99}}
+    )
     assert "extra key 'count' is not allowed" in error_of({**embedded_dict(), "count": 1})
 
 
@@ -1052,9 +1133,9 @@ def test_each_job_sidecar_and_run_records_the_hash_of_the_slices_it_used(tmp_pat
 
 def test_slice_returns_json_values_keyed_by_dotted_path():
     cfg = load_config(EMBEDDED)
-    assert cfg.slice("demo.tiers", "versions.ensembl_release") == {
+    assert cfg.slice("demo.tiers", "versions.hpo") == {
         "demo.tiers": {"high": 0.5, "medium": 0.3},
-        "versions.ensembl_release": 113,
+        "versions.hpo": "2025-01-16",
     }
     assert cfg.slice("demo.layers.hearing") == {
         "demo.layers.hearing": {"terms": ["HP:0000365"], "weight": 0.4}
@@ -1064,7 +1145,7 @@ def test_slice_returns_json_values_keyed_by_dotted_path():
         "demo.hpo_data_dir": None,
     }
     assert cfg.slice() == {}
-    json.dumps(cfg.slice("versions", "api", "scoring", "store", "demo", "results_dir"))
+    json.dumps(cfg.slice("versions", "api", "store", "demo", "results_dir"))
 
 
 def test_slice_is_a_copy():
@@ -1081,7 +1162,7 @@ def test_slice_is_a_copy():
         ("nope", "the top level has no key 'nope'"),
         ("", "the top level has no key ''"),
         ("demo.layers.cochlea", "demo.layers has no key 'cochlea'"),
-        ("versions.ensembl_release.minor", "which is a value, not a section"),
+        ("versions.hpo.minor", "which is a value, not a section"),
     ],
 )
 def test_slice_of_unknown_path_is_a_key_error_naming_it(dotted, fragment):
@@ -1100,13 +1181,8 @@ def test_slice_changes_only_when_its_settings_change():
 
 
 def test_data_source_versions_is_the_versions_section():
-    cfg = load_config(EMBEDDED)
-    assert cfg.data_source_versions() == {
-        "ensembl_release": 113,
-        "gnomad_version": "v4.1",
-        "gtex_version": "v8",
-        "hpa_version": "23.0",
-    }
+    assert load_config(EMBEDDED).data_source_versions() == {"hpo": "2025-01-16"}
+    assert validate_config_dict(old_config(), "x").data_source_versions() == OLD_VERSIONS
 
 
 # --- schema and package surface -------------------------------------------------------------
@@ -1149,7 +1225,8 @@ def test_json_schema_and_model_agree_on_layer_names(name):
 def test_json_schema_forbids_unknown_keys():
     schema = json_schema()
     assert schema["additionalProperties"] is False
-    assert schema["required"] == ["versions"]
+    assert "required" not in schema
+    assert schema["properties"]["scoring"]["deprecated"] is True
     for name in ("APIConfig", "DemoConfig", "LayerConfig", "TierThresholds", "StoreConfig"):
         assert schema["$defs"][name]["additionalProperties"] is False
     validator = jsonschema.Draft202012Validator(schema)

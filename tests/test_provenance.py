@@ -118,17 +118,10 @@ def test_provenance_config_hash_included(tmp_path: Path) -> None:
     metadata = ProvenanceTracker("0.1.0", config).create_metadata()
     assert metadata["config_hash"] == config.config_hash()
     assert len(metadata["config_hash"]) == 64
-    reweighted = make_config(
-        scoring={
-            "gnomad": 0.30,
-            "expression": 0.10,
-            "annotation": 0.15,
-            "localization": 0.15,
-            "animal_model": 0.15,
-            "literature": 0.15,
-        }
-    )
-    assert ProvenanceTracker("0.1.0", reweighted).config_hash() != metadata["config_hash"]
+    other_tiers = make_config(demo={"tiers": {"high": 0.6, "medium": 0.3}})
+    assert ProvenanceTracker("0.1.0", other_tiers).config_hash() != metadata["config_hash"]
+    expecting_more = make_config(versions={"ensembl_release": 113, "hpo": "2025-01-16"})
+    assert ProvenanceTracker("0.1.0", expecting_more).config_hash() != metadata["config_hash"]
     moved = make_config(duckdb_path=str(tmp_path / "elsewhere.duckdb"))
     assert ProvenanceTracker("0.1.0", moved).config_hash() == metadata["config_hash"]
     assert ProvenanceTracker("0.1.0").create_metadata()["config_hash"] is None

@@ -414,10 +414,22 @@ def test_settings_that_no_rule_reads_rerun_nothing(small_run, tmp_path):
     config = yaml.safe_load(config_file.read_text())
     config["workflow_name"] = "usher-screen"  # a library key that only the exports read
     config["api"]["max_retries"] = 2
-    config["scoring"] = {**config["scoring"], "gnomad": 0.25, "literature": 0.10}
+    # the upstream weights of an older config: read by no rule, they load with a note
+    config["scoring"] = {
+        "gnomad": 0.25,
+        "expression": 0.20,
+        "annotation": 0.15,
+        "localization": 0.15,
+        "animal_model": 0.15,
+        "literature": 0.10,
+    }
     config_file.write_text(yaml.safe_dump(config, sort_keys=False))
     done = snakemake(workdir, "-n", "--cores", "2")
     assert "Nothing to be done" in output(done)
+    note = "usher_pipeline: config key 'scoring' is read by no rule and is ignored"
+    assert [line for line in output(done).splitlines() if note in line] == [
+        f"{note} (it is in no config hash): remove it from the config"
+    ]
 
 
 def test_weight_edit_reruns_only_scoring_tiers_and_provenance(small_run, tmp_path):

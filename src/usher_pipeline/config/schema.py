@@ -6,17 +6,20 @@ Every model forbids unknown keys, so a misspelt key is an error rather than a si
 
 from __future__ import annotations
 
+import logging
 import re
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Final
 
 from pydantic import (
     AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
+    SerializerFunctionWrapHandler,
     StringConstraints,
     field_validator,
+    model_serializer,
     model_validator,
 )
 
@@ -27,6 +30,7 @@ from usher_pipeline.config.library import (
     APIConfig,
     LibrarySettings,
     StoreConfig,
+    Version,
 )
 from usher_pipeline.settings import TABLE_NAME_PATTERN, is_table_name
 
@@ -39,6 +43,12 @@ HPO_TERM_PATTERN = r"^HP:\d{7}$"
 MAX_BATCH_LATENCY_S = 3600.0
 
 HpoTerm = Annotated[str, StringConstraints(pattern=HPO_TERM_PATTERN)]
+
+#: Top-level keys that older configs carry and that no rule reads: they load, draw one note
+#: each, and are left out of the model's dump (so of every hash and slice).
+IGNORED_KEYS: Final = ("scoring",)
+
+log = logging.getLogger("usher_pipeline.config")
 
 
 def _check_layer_name(name: str) -> str:
@@ -63,18 +73,33 @@ def _check_sum_is_one(total: float, what: str) -> None:
 
 
 class DataSourceVersions(BaseModel):
-    """Releases of the external data sources; part of the config hash."""
+    """The releases of the data sources the workflow expects to read; part of the config hash.
 
-    model_config = ConfigDict(extra="forbid")
+    Each key is the name a job gives `job.record_data_source(name, version)` for what it
+    really read, and `usher-pipeline verify` reports a recorded version that differs. Any
+    name is allowed (a string, number or boolean each); the four named fields keep the types
+    older configs gave them. Unset names are left out of the dump.
+    """
 
-    ensembl_release: int = Field(ge=100, description="Ensembl release of the gene universe.")
-    gnomad_version: str = Field(default="v4.1", description="gnomAD release (constraint).")
-    gtex_version: str = Field(default="v8", description="GTEx release (expression).")
-    hpa_version: str = Field(default="23.0", description="Human Protein Atlas release.")
+    model_config = ConfigDict(extra="allow")
+    __pydantic_extra__: dict[str, Version] = Field(init=False)
+
+    ensembl_release: int | None = Field(
+        default=None, ge=100, description="Ensembl release of the gene universe."
+    )
+    gnomad_version: str | None = Field(default=None, description="gnomAD release (constraint).")
+    gtex_version: str | None = Field(default=None, description="GTEx release (expression).")
+    hpa_version: str | None = Field(default=None, description="Human Protein Atlas release.")
+
+    @model_serializer(mode="wrap")
+    def _without_unset(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        dumped: dict[str, Any] = handler(self)
+        return {name: value for name, value in dumped.items() if value is not None}
 
 
 class ScoringWeights(BaseModel):
-    """Weights of the evidence layers in the composite score; they must sum to 1."""
+    """Weights of upstream evidence layers that no rule reads: a config that still gives them
+    loads, with a note that they are ignored. They must sum to 1."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -187,26 +212,51 @@ class DemoConfig(BaseModel):
 
 class PipelineConfig(LibrarySettings):
     """The demo's whole config, as validated from `config/config.yaml`: the library's keys
-    (`LibrarySettings`, one definition with `LibraryConfig`), the demo's stricter `versions`,
-    `scoring` and `demo`, and no other key."""
+    (`LibrarySettings`, one definition with `LibraryConfig`), `versions` (any names, the four
+    older ones with their old types), `demo`, the ignored `scoring` of older configs, and no
+    other key."""
 
     model_config = ConfigDict(extra="forbid")
 
-    versions: DataSourceVersions
-    scoring: ScoringWeights = ScoringWeights()
+    versions: DataSourceVersions = Field(
+        default_factory=DataSourceVersions,
+        description=(
+            "Data source name -> the version the workflow expects to read; a job records what "
+            "it read with job.record_data_source(name, version), and verify reports a "
+            "difference."
+        ),
+    )
+    scoring: ScoringWeights | None = Field(
+        default=None,
+        exclude=True,
+        description="Read by no rule and ignored (in no hash); kept so that older configs load.",
+        json_schema_extra={"deprecated": True},
+    )
     demo: DemoConfig = DemoConfig()
+
+    @model_validator(mode="after")
+    def _note_ignored_keys(self) -> PipelineConfig:
+        for key in IGNORED_KEYS:
+            if getattr(self, key) is not None:
+                log.warning(
+                    "usher_pipeline: config key %r is read by no rule and is ignored "
+                    "(it is in no config hash): remove it from the config",
+                    key,
+                )
+        return self
 
     def config_hash(self) -> str:
         """SHA-256 of the canonical JSON of every setting of this config that can change results.
 
-        In: `versions`, `scoring`, and `demo` except `demo.fetch` and `demo.hpo_data_dir`.
+        In: `versions`, and `demo` except `demo.fetch` and `demo.hpo_data_dir`.
         Out: `data_dir`, `cache_dir`, `duckdb_path`, `results_dir`, `logs_dir` (a moved run
         is the same run), `workflow_name`, `store` (locking and where the database is
         written), `api` (rate limit, retries, timeout and cache TTL change how data are
-        fetched, not what), `demo.fetch` (batching and latency) and `demo.hpo_data_dir`
-        (where the files sit). It describes a whole config used outside a workflow (a
-        `PipelineStore.from_config` in a notebook); a workflow's jobs record the hash of the
-        slice each one used instead (`config.hashing.slice_hash`).
+        fetched, not what), `demo.fetch` (batching and latency), `demo.hpo_data_dir`
+        (where the files sit) and `scoring` (read by no rule). It describes a whole config
+        used outside a workflow (a `PipelineStore.from_config` in a notebook); a workflow's
+        jobs record the hash of the slice each one used instead
+        (`config.hashing.slice_hash`).
         """
         return config_hash(self.model_dump(mode="json"))
 
@@ -239,7 +289,8 @@ class PipelineConfig(LibrarySettings):
         return result
 
     def data_source_versions(self) -> dict[str, Any]:
-        """The data source releases as a JSON-able dict, for provenance sidecars."""
+        """The data source versions the config expects to be read, as a JSON-able dict (the
+        run record's `expected_data_source_versions`)."""
         return self.versions.model_dump(mode="json")
 
 
@@ -249,6 +300,7 @@ def json_schema() -> dict[str, Any]:
 
 
 __all__ = [
+    "IGNORED_KEYS",
     "MAX_BATCH_LATENCY_S",
     "MAX_LAYER_NAME_LENGTH",
     "MAX_LOAD_MEMORY_MB",
