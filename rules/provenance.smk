@@ -1,7 +1,9 @@
 # Provenance: merge every step log into a sidecar beside each product, a run-level record
 # and rows of the store's _provenance table. Include after every USHER.register(...).
 # Its config hashes come from the step logs (each job's slice), so a config key that no job
-# receives reruns nothing; only the data source versions and the library's version are params.
+# receives reruns nothing; only the library's version and the config's `versions` (the data
+# source versions it expects, which the run record keeps beside those the jobs recorded) are
+# params.
 
 
 # The provenance rule's outputs are fixed here: table patterns take the values that the
@@ -31,6 +33,6 @@ rule provenance:
         "../envs/usher_pipeline.yaml"
     params:
         pipeline_version=USHER_VERSION,
-        data_source_versions=config.get("versions") or {},
+        expected_versions=config.get("versions") or {},
     script:
         "../scripts/provenance.py"

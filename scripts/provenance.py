@@ -15,7 +15,7 @@ with user_errors(log, "rule provenance"):
     merge_provenance(
         list(snakemake.input.steplogs),
         pipeline_version=snakemake.params.pipeline_version,
-        data_source_versions=dict(snakemake.params.data_source_versions),
+        expected_versions=dict(snakemake.params.expected_versions),
         run_record=snakemake.output.run,
         store=StoreSettings.from_config(snakemake.config).store(),
         ingested=list(snakemake.input.ingested),

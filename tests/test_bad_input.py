@@ -762,7 +762,6 @@ def merge(steplogs: list[Path], committed: Committed) -> dict:
     return merge_provenance(
         steplogs,
         pipeline_version="test",
-        data_source_versions={},
         store=committed.store,
     )
 

@@ -247,7 +247,6 @@ def merge(tmp_path: Path) -> dict[str, object]:
     return merge_provenance(
         [tmp_path / "results/steplogs/things.json"],
         pipeline_version="test",
-        data_source_versions={},
     )
 
 

@@ -269,7 +269,6 @@ def sidecar_fingerprints(root: Path) -> dict[str, str | None]:
     merge_provenance(
         [root / f"results/steplogs/{t}.json" for t in TABLES],
         pipeline_version=__version__,
-        data_source_versions={},
         ingested=[root / "results/ingested.json"],
     )
     return {

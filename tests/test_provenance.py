@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import duckdb
@@ -26,6 +28,8 @@ from usher_pipeline.persistence import (
     sidecar_path,
 )
 
+REPO = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
 METADATA_KEYS = {
     "pipeline_version",
     "data_source_versions",
@@ -71,11 +75,11 @@ def test_provenance_metadata_structure(tracker: ProvenanceTracker) -> None:
     metadata = tracker.create_metadata()
     assert METADATA_KEYS <= set(metadata)
     assert metadata["pipeline_version"] == "0.1.0"
-    assert metadata["data_source_versions"] == {
+    # nothing was read yet: the config's versions are what is expected, not data sources
+    assert metadata["data_source_versions"] == {}
+    assert metadata["expected_data_source_versions"] == {
         "ensembl_release": 113,
         "gnomad_version": "v4.1",
-        "gtex_version": "v8",
-        "hpa_version": "23.0",
     }
     assert metadata["processing_steps"] == []
     assert isinstance(metadata["created_at"], str)
@@ -303,15 +307,27 @@ def test_a_config_hash_without_a_config_is_recorded_and_both_are_refused() -> No
         ProvenanceTracker("0.1.0", make_config(), config_hash="ab" * 32)
 
 
-def test_data_sources_added_later_win_and_keep_the_config_versions(
+def test_data_sources_added_later_win_and_the_config_versions_stay_expected(
     tracker: ProvenanceTracker,
 ) -> None:
     tracker.add_data_sources({"hpo": "2024-01-01", "ensembl_release": 114})
     tracker.add_data_sources({"hpo": "2025-01-16"})
-    versions = tracker.data_source_versions()
-    assert versions["hpo"] == "2025-01-16"
-    assert versions["ensembl_release"] == 114
-    assert versions["gnomad_version"] == "v4.1"
+    assert tracker.data_source_versions() == {"hpo": "2025-01-16", "ensembl_release": 114}
+    metadata = tracker.create_metadata()
+    assert metadata["data_source_versions"] == {"hpo": "2025-01-16", "ensembl_release": 114}
+    assert metadata["expected_data_source_versions"] == {
+        "ensembl_release": 113,
+        "gnomad_version": "v4.1",
+    }
+
+
+def test_expected_versions_without_a_config_are_recorded_and_both_are_refused() -> None:
+    tracker = ProvenanceTracker("0.1.0", expected_versions={"x": 1})
+    assert tracker.create_metadata()["expected_data_source_versions"] == {"x": 1}
+    assert tracker.create_metadata()["data_source_versions"] == {}
+    assert "expected_data_source_versions" not in ProvenanceTracker("0.1.0").create_metadata()
+    with pytest.raises(ValueError, match="a config or expected_versions, not both"):
+        ProvenanceTracker("0.1.0", make_config(), expected_versions={"x": 1})
 
 
 def test_sidecar_with_an_output_and_run_record_with_outputs(
@@ -399,7 +415,7 @@ def test_merge_writes_sidecars_run_record_and_rows_through_trackers(
     summary = merge_provenance(
         paths,
         pipeline_version="0.1.0",
-        data_source_versions={"hpo": "config", "ensembl_release": 113},
+        expected_versions={"hpo": "config", "ensembl_release": 113},
         run_record="results/provenance.json",
         store=PipelineStore(db_path),
     )
@@ -409,7 +425,9 @@ def test_merge_writes_sidecars_run_record_and_rows_through_trackers(
     assert [s["step_name"] for s in scores["processing_steps"]] == ["universe", "scores"]
     assert scores["processing_steps"][0]["details"] == records["universe"]
     assert scores["processing_steps"][0]["timestamp"] == records["universe"]["ended_at"]
-    assert scores["data_source_versions"] == {"hpo": "new", "ensembl_release": 113}
+    # only what its lineage recorded having read: nothing from the config
+    assert scores["data_source_versions"] == {"hpo": "new"}
+    assert "expected_data_source_versions" not in scores
     # a sidecar's config hash covers the slices of its lineage's jobs, the run's every job's
     pairs = {
         "universe": ["universe", slice_hash({})],  # no params: the slice {}
@@ -422,11 +440,12 @@ def test_merge_writes_sidecars_run_record_and_rows_through_trackers(
     )
     assert scores["run_id"] == summary["run_id"]
     run = json.loads((tmp_path / "results" / "provenance.json").read_text())
-    assert set(run) == METADATA_KEYS | {"run_id", "outputs"}
+    assert set(run) == METADATA_KEYS | {"run_id", "outputs", "expected_data_source_versions"}
     assert run["config_hash"] == sha256_json(sorted(pairs.values()))
     assert [s["step_name"] for s in run["processing_steps"]] == ["universe", "scores", "late"]
     # a run's data sources are taken in the order the step logs were given: the last wins
-    assert run["data_source_versions"] == {"hpo": "new", "ensembl_release": 113}
+    assert run["data_source_versions"] == {"hpo": "new"}
+    assert run["expected_data_source_versions"] == {"hpo": "config", "ensembl_release": 113}
     assert run["outputs"] == [e for r in records.values() for e in r["outputs"]]
     assert {run["created_at"]} == {
         ProvenanceTracker.load_sidecar(f"results/{n}.parquet")["created_at"] for n in records
@@ -467,3 +486,121 @@ def test_the_hash_of_jobs_slices_is_by_step_name_and_slice_whatever_the_order() 
     # a slice hash is that of the params' canonical JSON: key order does not count
     assert slice_hash({"a": 1, "b": [1, 2]}) == slice_hash({"b": [1, 2], "a": 1})
     assert slice_hash({"a": 1}) != slice_hash({"a": 1.5})
+
+
+# -- a workflow of its own: what its jobs read against what its config expects ---------------
+
+EXPECTING_SNAKEFILE = """\
+configfile: "config.yaml"
+
+
+include: "{repo}/rules/library.smk"
+
+
+USHER.register("first")
+USHER.register("second")
+
+
+rule first:
+    output:
+        table=USHER.sentinel("first"),
+        steplog=USHER.steplog("first"),
+    log:
+        USHER.log("first", "first"),
+    params:
+        read={{"x": 2, "y": "a"}},
+    script:
+        "record.py"
+
+
+rule second:
+    output:
+        table=USHER.sentinel("second"),
+        steplog=USHER.steplog("second"),
+    log:
+        USHER.log("second", "second"),
+    params:
+        read={{"x": 1}},
+    script:
+        "record.py"
+
+
+include: "{repo}/rules/provenance.smk"
+
+
+rule all:
+    default_target: True
+    input:
+        USHER.run_record,
+        USHER.products(),
+        USHER.sidecars(),
+        USHER.steplogs(),
+"""
+
+RECORDING_SCRIPT = """\
+import polars as pl
+
+from usher_pipeline.workflow import Job
+
+with Job(snakemake) as job:
+    for name, version in dict(snakemake.params.read).items():
+        job.record_data_source(name, version)
+    job.save(pl.DataFrame({"n": [1, 2]}), description="two numbers")
+"""
+
+
+def run_in(folder: Path, *command: str) -> subprocess.CompletedProcess[str]:
+    """A command of the venv run in `folder`, outside the repository."""
+    return subprocess.run(
+        [str(BIN / command[0]), *command[1:]],
+        cwd=folder,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def test_verify_names_a_data_source_read_in_another_version_than_the_config_expects(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "Snakefile").write_text(EXPECTING_SNAKEFILE.format(repo=REPO), encoding="utf-8")
+    (tmp_path / "record.py").write_text(RECORDING_SCRIPT, encoding="utf-8")
+    config = tmp_path / "config.yaml"
+    config.write_text("versions:\n  x: 1\n  y: a\n", encoding="utf-8")
+    done = run_in(tmp_path, "snakemake", "--cores", "1")
+    assert done.returncode == 0, done.stderr[-3000:]
+
+    # a sidecar lists what its lineage read, the run record also what the config expects
+    first = ProvenanceTracker.load_sidecar(tmp_path / "results/tables/first.parquet")
+    assert first["data_source_versions"] == {"x": 2, "y": "a"}
+    assert "expected_data_source_versions" not in first
+    second = ProvenanceTracker.load_sidecar(tmp_path / "results/tables/second.parquet")
+    assert second["data_source_versions"] == {"x": 1}
+    run = json.loads((tmp_path / "results/provenance.json").read_text(encoding="utf-8"))
+    assert run["expected_data_source_versions"] == {"x": 1, "y": "a"}
+
+    checked = run_in(tmp_path, "usher-pipeline", "verify")
+    assert checked.returncode == 1, checked.stdout + checked.stderr
+    lines = checked.stdout.splitlines()
+    version_lines = [line for line in lines if line.startswith("VERSION")]
+    assert version_lines == [
+        "VERSION  data source x: first read version 2 but the config expects 1 (versions.x): "
+        "set versions.x to what the jobs should read, and rerun them if it is not the version "
+        "they read"
+    ]
+    assert lines[-1].startswith("verify: 1 problem, 0 repairable")
+
+    # the config now expects what `first` read: only the provenance rule reruns, and verify
+    # names the job that read the other version
+    config.write_text("versions:\n  x: 2\n  y: a\n", encoding="utf-8")
+    done = run_in(tmp_path, "snakemake", "--cores", "1")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "rule provenance:" in done.stderr
+    assert "rule first:" not in done.stderr and "rule second:" not in done.stderr
+    checked = run_in(tmp_path, "usher-pipeline", "verify")
+    assert checked.returncode == 1, checked.stdout + checked.stderr
+    assert [line for line in checked.stdout.splitlines() if line.startswith("VERSION")] == [
+        "VERSION  data source x: second read version 1 but the config expects 2 (versions.x): "
+        "set versions.x to what the jobs should read, and rerun them if it is not the version "
+        "they read"
+    ]

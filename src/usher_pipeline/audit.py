@@ -5,10 +5,16 @@ The sentinel Parquet files and the step logs are Snakemake's outputs; the databa
 So the sentinels are the reference: a table missing from the database (or whose content
 differs) is restored from its sentinel, with the checkpoint row its step log describes. A
 sentinel that no longer matches its step log cannot be trusted and must be recomputed.
+
+`verify` also compares the data source versions the jobs recorded having read (their step
+logs' `data_sources`) with those the config expects (its `versions`, kept in the run record
+as `expected_data_source_versions`): a `versions` key is the name a job gives
+`job.record_data_source`.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from collections.abc import Callable, Mapping, Sequence
@@ -22,7 +28,7 @@ from usher_pipeline.cli_render import Hints
 from usher_pipeline.config.hashing import job_slice_hash
 from usher_pipeline.export.run import RunRecords, TableOutput, parse_time
 from usher_pipeline.hashing import sha256_file
-from usher_pipeline.lineage import path_key
+from usher_pipeline.lineage import path_key, step_label
 from usher_pipeline.persistence.duckdb_store import PROVENANCE, PipelineStore
 from usher_pipeline.persistence.errors import StoreFileError
 from usher_pipeline.persistence.fingerprint import fingerprint_parquet, short_fingerprint
@@ -39,7 +45,7 @@ _MOVES_ASIDE = "moves it aside and rebuilds it from the sentinels"
 class Problem:
     """One disagreement, with what fixes it."""
 
-    kind: str  # short tag shown first: MISSING, DIFFERS, CHANGED, GONE, DATABASE
+    kind: str  # short tag shown first: MISSING, DIFFERS, CHANGED, GONE, DATABASE, VERSION
     message: str
     table: str | None = None
     repairable: bool = False
@@ -199,7 +205,43 @@ def verify(
             found.outputs += 1
             if path_key(entry["path"]) not in distrusted:
                 found.problems.extend(_check_output(path, entry, hints))
+    found.problems.extend(version_problems(run))
     return found
+
+
+def version_problems(run: RunRecords) -> list[Problem]:
+    """One VERSION problem per data source version that jobs read and the config does not
+    expect: the step logs' `data_sources` against the run record's
+    `expected_data_source_versions` (the config's `versions`), matched by name and compared
+    as text (`1` and `"1"` agree). None when the run has no run record yet."""
+    expected = (run.run_record or {}).get("expected_data_source_versions") or {}
+    if not isinstance(expected, Mapping):
+        return []
+    read: dict[str, dict[str, list[str]]] = {}
+    for record in run.records:
+        for name, version in (record.get("data_sources") or {}).items():
+            steps = read.setdefault(str(name), {}).setdefault(_text(version), [])
+            steps.append(step_label(record))
+    problems = []
+    for name, want in sorted(expected.items()):
+        for version, steps in read.get(name, {}).items():
+            if version == _text(want):
+                continue
+            jobs = ", ".join(steps[:3]) + (f" and {len(steps) - 3} more" if len(steps) > 3 else "")
+            problems.append(
+                Problem(
+                    "VERSION",
+                    f"data source {name}: {jobs} read version {version} but the config expects "
+                    f"{_text(want)} (versions.{name}): set versions.{name} to what the jobs "
+                    "should read, and rerun them if it is not the version they read",
+                )
+            )
+    return problems
+
+
+def _text(version: Any) -> str:
+    """A version as text, as a message shows it (a string as is, anything else as JSON)."""
+    return version if isinstance(version, str) else json.dumps(version)
 
 
 def _table_problems(

@@ -1,5 +1,10 @@
 """ProvenanceTracker: what produced an output — versions, config hash and processing steps.
 
+`data_source_versions` are the versions of the data sources that were read, as jobs recorded
+them (`job.record_data_source`, step logs' `data_sources`) or as `add_data_source` was told;
+never the config's. The config's `versions`, what the workflow expects to read, are recorded
+apart as `expected_data_source_versions`, where a tracker has any (the run record's).
+
 In a workflow the config hash is that of the config slices of the jobs behind the output
 (`config.hashing.jobs_config_hash`); a tracker built from a `PipelineConfig` records that
 config's own hash (`PipelineConfig.config_hash`).
@@ -50,8 +55,9 @@ class ProvenanceTracker:
 
     Without a `config`, `config_hash` gives the hash to record (the workflow's merge passes
     the hash of the config slices of the output's lineage, or of the whole run's for the run
-    record); `created_at` fixes the creation time, so that every record of one merge carries
-    the same one.
+    record) and `expected_versions` the data source versions the config expects (with a
+    `config`, its `versions`); `created_at` fixes the creation time, so that every record of
+    one merge carries the same one.
     """
 
     def __init__(
@@ -62,11 +68,17 @@ class ProvenanceTracker:
         run_id: str | None = None,
         config_hash: str | None = None,
         created_at: str | None = None,
+        expected_versions: Mapping[str, Any] | None = None,
     ) -> None:
         if config is not None and config_hash is not None:
             raise ValueError(
                 "ProvenanceTracker takes a config or a config_hash, not both: drop config_hash "
                 "to record the config's own hash"
+            )
+        if config is not None and expected_versions is not None:
+            raise ValueError(
+                "ProvenanceTracker takes a config or expected_versions, not both: drop "
+                "expected_versions to record the config's own versions"
             )
         self.pipeline_version = pipeline_version
         self.config = config
@@ -74,6 +86,9 @@ class ProvenanceTracker:
         self.created_at = created_at or utc_now()
         self.processing_steps: list[dict[str, Any]] = []
         self.extra_data_sources: dict[str, Any] = {}
+        self.expected_data_sources: dict[str, Any] = (
+            config.data_source_versions() if config is not None else dict(expected_versions or {})
+        )
         self._config_hash = config_hash
         self._written: list[tuple[str, dict[str, Any]]] = []
 
@@ -100,7 +115,7 @@ class ProvenanceTracker:
         return step
 
     def add_data_source(self, name: str, version: Any) -> None:
-        """Record the version of a data source found at run time (e.g. the HPO release)."""
+        """Record the version of a data source that was read (e.g. the HPO release)."""
         self.extra_data_sources[name] = version
 
     def add_data_sources(self, versions: Mapping[str, Any]) -> None:
@@ -112,9 +127,8 @@ class ProvenanceTracker:
         return self.config.config_hash() if self.config is not None else self._config_hash
 
     def data_source_versions(self) -> dict[str, Any]:
-        """Versions from the config plus those recorded at run time."""
-        versions = self.config.data_source_versions() if self.config is not None else {}
-        return {**versions, **self.extra_data_sources}
+        """The versions of the data sources that were read, as recorded; none from the config."""
+        return dict(self.extra_data_sources)
 
     def create_metadata(
         self,
@@ -123,7 +137,8 @@ class ProvenanceTracker:
         outputs: Sequence[Mapping[str, Any]] | None = None,
     ) -> dict[str, Any]:
         """The provenance record: versions, config hash, creation time and steps, plus the
-        `output` it describes (a sidecar's) or the `outputs` of a whole run, when given."""
+        `output` it describes (a sidecar's) or the `outputs` of a whole run, when given, and
+        the expected versions when the tracker has any."""
         metadata: dict[str, Any] = {
             "pipeline_version": self.pipeline_version,
             "data_source_versions": self.data_source_versions(),
@@ -132,6 +147,8 @@ class ProvenanceTracker:
             "run_id": self.run_id,
             "processing_steps": [dict(step) for step in self.processing_steps],
         }
+        if self.expected_data_sources:
+            metadata["expected_data_source_versions"] = dict(self.expected_data_sources)
         if output is not None:
             metadata["output"] = dict(output)
         if outputs is not None:

@@ -6,6 +6,9 @@ of the job's outputs; a tracker of every job writes the run record; the trackers
 their `_provenance` rows in one statement. A sidecar's `config_hash` is the hash of the config
 slices of its lineage's jobs, the run record's that of every job's
 (`config.hashing.jobs_config_hash`): both come from the step logs, never from the config.
+So do the data source versions: a sidecar lists those its lineage's jobs recorded, the run
+record those of every job, and only the run record carries the config's `versions` as
+`expected_data_source_versions` (which `usher-pipeline verify` compares with them).
 """
 
 from __future__ import annotations
@@ -46,7 +49,7 @@ def merge_provenance(
     steplogs: Sequence[str | Path],
     *,
     pipeline_version: str,
-    data_source_versions: Mapping[str, Any],
+    expected_versions: Mapping[str, Any] | None = None,
     run_record: str | Path | None = None,
     store: PipelineStore | None = None,
     ingested: Sequence[str | Path] = (),
@@ -58,6 +61,7 @@ def merge_provenance(
     supply it for each sentinel they loaded with the SHA-256 the step log names. The fetch
     batches of each table the step logs name are removed last (`fetch.drop_batches`): call
     it only with the step logs of jobs that Snakemake has recorded as finished.
+    `expected_versions` are the config's `versions`, recorded in the run record only.
 
     Returns a summary: run id, number of step logs and sidecars, and the sidecar paths.
     """
@@ -71,12 +75,14 @@ def merge_provenance(
     run_hash = jobs_config_hash(records)
     run_id = sha256_json([run_hash, sorted(sha256_json(r) for r in records)])[:32]
 
-    def tracker(config_hash: str) -> ProvenanceTracker:
-        made = ProvenanceTracker(
-            pipeline_version, run_id=run_id, config_hash=config_hash, created_at=created_at
+    def tracker(config_hash: str, expected: Mapping[str, Any] | None = None) -> ProvenanceTracker:
+        return ProvenanceTracker(
+            pipeline_version,
+            run_id=run_id,
+            config_hash=config_hash,
+            created_at=created_at,
+            expected_versions=expected,
         )
-        made.add_data_sources(data_source_versions)
-        return made
 
     trackers: list[ProvenanceTracker] = []
     sidecars: list[str] = []
@@ -93,7 +99,7 @@ def merge_provenance(
         if (job + 1) % 1000 == 0:
             report(f"provenance: {job + 1}/{len(records)} step logs merged")
     if run_record is not None:
-        run = tracker(run_hash)
+        run = tracker(run_hash, expected_versions)
         for record in records:
             run.add_data_sources(record.get("data_sources") or {})
         for job in graph.order:
