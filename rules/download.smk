@@ -11,6 +11,7 @@
 #       url="https://storage.googleapis.com/.../gnomad.v4.1.constraint_metrics.tsv",
 #       sha256="...",            # optional: a mismatch fails the job and removes the part
 #       source="gnomad",         # optional: api.sources.gnomad settings and secrets apply
+#       version="v4.1",          # optional: the release, recorded as the source's version
 #   )
 #
 # The files go to <data_dir>/downloads/ (usher_pipeline.sources.download.Downloads).
@@ -42,5 +43,6 @@ rule usher_download:
         url=USHER_DOWNLOADS.param("url"),
         sha256=USHER_DOWNLOADS.param("sha256"),
         source=USHER_DOWNLOADS.param("source"),
+        version=USHER_DOWNLOADS.param("version"),
     script:
         "../scripts/download.py"

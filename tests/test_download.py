@@ -397,12 +397,15 @@ def test_a_bad_declaration_is_one_line(
 def test_a_declaration_registers_the_file_with_its_step_log() -> None:
     layout = Layout()
     downloads = Downloads({}, layout, "data/downloads")
-    path = downloads.declare("c.tsv.gz", "https://x.org/c.tsv.gz", "AB" * 32, source="hpa")
+    path = downloads.declare(
+        "c.tsv.gz", "https://x.org/c.tsv.gz", "AB" * 32, source="hpa", version=23
+    )
     assert layout.files == {path: "download_c.tsv.gz"}
     assert downloads.declared["c.tsv.gz"] == {
         "url": "https://x.org/c.tsv.gz",
         "sha256": "ab" * 32,
         "source": "hpa",
+        "version": "23",
     }
     assert downloads.param("source")(type("W", (), {"download": "c.tsv.gz"})()) == "hpa"
     with pytest.raises(DownloadDeclarationError, match="is not a declared download"):
@@ -441,7 +444,7 @@ def test_the_rule_script_records_the_download(
     smk = mock_snakemake(
         "usher_download",
         output={"file": tmp_path / "t.bin", "steplog": tmp_path / "t.json"},
-        params={"url": server.url("/t.bin"), "sha256": None, "source": "files"},
+        params={"url": server.url("/t.bin"), "sha256": None, "source": "files", "version": "v9"},
         config={"api": {"timeout_seconds": 5, "sources": {"files": files}}},
         log=[tmp_path / "t.log"],
     )
@@ -453,4 +456,6 @@ def test_the_rule_script_records_the_download(
     assert SECRET not in steplog and SECRET not in (tmp_path / "t.log").read_text()
     record = json.loads(steplog)
     assert record["outputs"][0]["sha256"] == hashlib.sha256(data).hexdigest()
-    assert record["data_sources"] == {"files": server.files["/t.bin"].etag}
+    assert record["data_sources"] == {"files": "v9"}  # the declared release, not the ETag
+    (step,) = record["steps"]
+    assert step["details"]["etag"] == server.files["/t.bin"].etag

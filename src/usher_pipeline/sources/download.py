@@ -142,12 +142,18 @@ class Downloads:
         return f"{self.folder}/{filename}"
 
     def declare(
-        self, filename: str, url: str, sha256: str | None = None, source: str | None = None
+        self,
+        filename: str,
+        url: str,
+        sha256: str | None = None,
+        source: str | None = None,
+        version: str | int | None = None,
     ) -> str:
         """Declare the file `filename`, downloaded from `url`; returns its path. `sha256` is
         the expected checksum; `source` a name under `api.sources` (its timeout, retries and
-        secrets apply). A secret in the URL is refused: its value belongs in the environment,
-        named in `api.sources.<source>.secrets`."""
+        secrets apply), and `version` the release the URL holds (`v4.1`), recorded as the
+        source's version (else its ETag or Last-Modified). A secret in the URL is refused:
+        its value belongs in the environment, named in `api.sources.<source>.secrets`."""
         from usher_pipeline.persistence.provenance import sidecar_path
 
         try:
@@ -194,12 +200,13 @@ class Downloads:
             "url": address,
             "sha256": str(sha256).lower() if sha256 else None,
             "source": source,
+            "version": None if version is None else str(version),
         }
         self.layout.register(steplog=f"download_{name}", files=[path])
         return path
 
     def param(self, key: str) -> Callable[[Any], Any]:
-        """A params function: the declared `key` (url, sha256, source) of a job's download."""
+        """A params function: the declared `key` (url, sha256, source, version) of a job."""
 
         def value(wildcards: Any) -> Any:
             found = self.declared.get(str(wildcards.download))
@@ -219,12 +226,14 @@ class Downloads:
 def download_for_job(job: Job, output: str = DOWNLOAD_OUTPUT) -> DownloadResult:
     """The download rule's work: fetch the job's `url` param into its output `output`.
 
-    The params are `url`, `sha256` (or None) and `source` (a name under `api.sources`, whose
-    `timeout_seconds`, `max_retries` and `secrets` apply; the `api` section's otherwise).
-    Secrets are query parameters whose values come from environment variables, added here so
+    The params are `url`, `sha256` (or None), `version` (or None) and `source` (a name
+    under `api.sources`, whose `timeout_seconds`, `max_retries`, `secrets` and
+    `secret_headers` apply; the `api` section's otherwise). Secrets are query parameters
+    and headers whose values come from environment variables, added here so
     that no param, note or record holds them. The step log gets a `download` step and the
     output entry (URL, size, SHA-256, ETag, Last-Modified) without hashing the file again;
-    the source's version (ETag, else Last-Modified, else the SHA-256) goes to its data sources.
+    the source's version (the declared one, else the ETag, else Last-Modified, else the SHA-256)
+    goes to its data sources, under the source's name (else the file's).
     """
     params = job.params
     url = str(params["url"])
@@ -250,8 +259,10 @@ def download_for_job(job: Job, output: str = DOWNLOAD_OUTPUT) -> DownloadResult:
         secrets=secrets,
     )
     job.record_step("download", result.as_dict())
+    declared = params.get("version")
     job.record_data_source(
-        source or target.name, result.etag or result.last_modified or result.sha256
+        source or target.name,
+        declared or result.etag or result.last_modified or result.sha256,
     )
     job.outputs.append(
         {
