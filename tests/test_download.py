@@ -380,6 +380,7 @@ def test_rule_with_a_wrong_checksum_fails_in_one_line(server: FileServer, tmp_pa
         ("b.tsv", "https://x.org/b.tsv?api_key=k", None, "holds the secret api_key"),
         ("b.tsv", "https://x.org/b.tsv", "abc", "give 64 hexadecimal digits"),
         ("a.tsv", "https://x.org/a.tsv", None, "declared twice"),
+        ("b.tsv", "https://x.org/b.tsv", None, "name it as under api.sources"),
         ("a.csv", "https://x.org/a.csv", None, "would share the sidecar"),
     ],
 )
@@ -388,8 +389,9 @@ def test_a_bad_declaration_is_one_line(
 ) -> None:
     downloads = Downloads({}, Layout(), "data/downloads")
     assert downloads.declare("a.tsv", "https://x.org/a.tsv") == "data/downloads/a.tsv"
+    source = "GnomAD" if "api.sources" in expected else None
     with pytest.raises(DownloadDeclarationError, match=re.escape(expected)) as raised:
-        downloads.declare(filename, url, sha256)
+        downloads.declare(filename, url, sha256, source=source)
     assert "\n" not in str(raised.value)
     assert list(downloads.declared) == ["a.tsv"]
 

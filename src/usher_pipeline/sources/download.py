@@ -181,6 +181,11 @@ class Downloads:
                     f"the sha256 of the download {name} is {sha256!r}: give 64 hexadecimal "
                     "digits, or None"
                 )
+            if source is not None and not re.fullmatch(r"[a-z][a-z0-9_]{0,63}", str(source)):
+                raise DownloadDeclarationError(
+                    f"the source of the download {name} is {source!r}: name it as under "
+                    "api.sources, in lowercase letters, digits and '_' (e.g. gnomad)"
+                )
             if name in self.declared:
                 raise DownloadDeclarationError(
                     f"the download {name} is declared twice: declare each file once"
