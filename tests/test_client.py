@@ -382,3 +382,15 @@ def test_a_bad_source_name_or_override_is_one_line(tmp_path: Path):
     )
     with client_for(job, "ncbi", timeout_seconds=0.5, release_header="X-R") as client:
         assert (client.settings.timeout_seconds, client.settings.release_header) == (0.5, "X-R")
+
+
+def test_a_retry_after_holds_every_client_of_the_source(tmp_path: Path, loopback_api):
+    api: LoopbackAPI = loopback_api
+    api.schedule("/busy", "429:2")
+    with make_client(tmp_path, max_retries=1) as told, pytest.raises(SourceRequestError):
+        told.get(api.url("/busy"))  # one attempt: it fails at once, and holds the bucket
+    with make_client(tmp_path) as other:
+        other.get(api.url("/genes?id=1"))
+        waited = other.summary()["waits"]["pacing_seconds"]
+    gap = api.times[1] - api.times[0]
+    assert gap >= 1.5 and waited >= 1.5, (gap, waited)
