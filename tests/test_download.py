@@ -20,6 +20,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import requests
 from loopback_files import FileServer
 
 from usher_pipeline.sources.download import (
@@ -461,3 +462,19 @@ def test_the_rule_script_records_the_download(
     assert record["data_sources"] == {"files": "v9"}  # the declared release, not the ETag
     (step,) = record["steps"]
     assert step["details"]["etag"] == server.files["/t.bin"].etag
+
+
+def test_the_file_server_answers_head_and_ranges(server: FileServer) -> None:
+    data = payload(5000)
+    server.put("/h.bin", data)
+    head = requests.head(server.url("/h.bin"), timeout=10)
+    assert head.status_code == 200 and head.content == b""
+    assert head.headers["Content-Length"] == "5000" and head.headers["Accept-Ranges"] == "bytes"
+    assert head.headers["ETag"] == server.files["/h.bin"].etag
+    part = requests.get(server.url("/h.bin"), headers={"Range": "bytes=100-199"}, timeout=10)
+    assert part.status_code == 206 and part.content == data[100:200]
+    assert part.headers["Content-Range"] == "bytes 100-199/5000"
+    stale = requests.get(
+        server.url("/h.bin"), headers={"Range": "bytes=100-", "If-Range": '"old"'}, timeout=10
+    )
+    assert stale.status_code == 200 and stale.content == data
