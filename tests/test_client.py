@@ -303,12 +303,12 @@ def test_bad_source_settings_are_refused(sources: dict[str, Any], key: str) -> N
 # -- in a job's fetch ------------------------------------------------------------------------
 
 FETCH_JOB = """
-import sys
+import os, signal, sys
 import polars as pl
 from usher_pipeline.sources import client_for
 from usher_pipeline.workflow import Job, mock_snakemake
 
-base, root, path = sys.argv[1], sys.argv[2], sys.argv[3]
+base, root, path, in_flight, kill_at = sys.argv[1], sys.argv[2], sys.argv[3], *sys.argv[4:6]
 config = {
     "duckdb_path": f"{root}/results/pipeline.duckdb",
     "cache_dir": f"{root}/cache",
@@ -323,19 +323,23 @@ smk = mock_snakemake("genes", output=output, log=[f"{root}/logs/genes.log"], con
 with Job(smk) as job, client_for(job, "genes", backoff_first_seconds=0.05) as client:
     def fetch(batch):
         answer = client.get_json(f"{base}{path}", {"ids": ",".join(batch)})
+        if batch[0] == kill_at:  # killed with the answer cached and the batch not committed
+            os.kill(os.getpid(), signal.SIGKILL)
         return pl.DataFrame(answer["results"])
 
     keys = [str(i) for i in range(40)]
-    frame = job.fetch(keys, fetch, batch_size=5, in_flight=3, backoff=0.05)
+    frame = job.fetch(keys, fetch, batch_size=5, in_flight=int(in_flight), backoff=0.05)
     job.save(frame, description="genes")
 """
 
 
-def run_fetch_job(tmp_path: Path, api: LoopbackAPI, path: str) -> subprocess.CompletedProcess[str]:
+def run_fetch_job(
+    tmp_path: Path, api: LoopbackAPI, path: str, in_flight: int = 3, kill_at: str = "-"
+) -> subprocess.CompletedProcess[str]:
     script = tmp_path / "fetch_job.py"
     script.write_text(FETCH_JOB)
     return subprocess.run(
-        [sys.executable, str(script), api.url(""), str(tmp_path), path],
+        [sys.executable, str(script), api.url(""), str(tmp_path), path, str(in_flight), kill_at],
         capture_output=True,
         text=True,
         cwd=tmp_path,
@@ -394,3 +398,18 @@ def test_a_retry_after_holds_every_client_of_the_source(tmp_path: Path, loopback
         waited = other.summary()["waits"]["pacing_seconds"]
     gap = api.times[1] - api.times[0]
     assert gap >= 1.5 and waited >= 1.5, (gap, waited)
+
+
+def test_a_rerun_after_a_kill_requests_no_answer_it_cached(tmp_path, loopback_api):
+    api: LoopbackAPI = loopback_api
+    killed = run_fetch_job(tmp_path, api, "/genes", in_flight=1, kill_at="20")
+    assert killed.returncode == -9, killed.stderr
+    assert api.counts["/genes"] == 5  # four batches committed, the fifth answered and cached
+    done = run_fetch_job(tmp_path, api, "/genes", in_flight=1)
+    assert done.returncode == 0, done.stderr
+    assert api.counts["/genes"] == 8  # each batch's request made once over both runs
+    frame = pl.read_parquet(tmp_path / "results/tables/genes.parquet")
+    assert frame["id"].to_list() == [str(i) for i in range(40)]
+    steplog = json.loads((tmp_path / "results/steplogs/genes.json").read_text())
+    steps = {step["step_name"]: step["details"] for step in steplog["steps"]}
+    assert (steps["http_genes"]["requests"], steps["http_genes"]["cache_hits"]) == (3, 1)
