@@ -14,6 +14,7 @@ from typing import Any
 
 import polars as pl
 import pytest
+import yaml
 from loopback_api import LoopbackAPI, loopback_api_fixture  # noqa: F401 - the fixture
 
 from usher_pipeline.config.library import APIConfig, LibraryConfigError, validate_library_config
@@ -413,3 +414,75 @@ def test_a_rerun_after_a_kill_requests_no_answer_it_cached(tmp_path, loopback_ap
     steplog = json.loads((tmp_path / "results/steplogs/genes.json").read_text())
     steps = {step["step_name"]: step["details"] for step in steplog["steps"]}
     assert (steps["http_genes"]["requests"], steps["http_genes"]["cache_hits"]) == (3, 1)
+
+
+# -- a whole run -----------------------------------------------------------------------------
+
+BIN = Path(sys.executable).parent
+
+RUN_FETCH_SCRIPT = """\
+import polars as pl
+
+from usher_pipeline.sources import client_for
+from usher_pipeline.workflow import Job
+
+with Job(snakemake) as job, client_for(job, "records", backoff_first_seconds=0.05) as client:
+    keys = [f"{snakemake.params.prefix}{i:04d}" for i in range(int(snakemake.params.how_many))]
+    base = snakemake.config["records_service"]
+
+    def fetch(batch):
+        rows = client.get_json(f"{base}/records", {"ids": ",".join(batch)})["results"]
+        values = [int(row["value"]) for row in rows]
+        return pl.DataFrame({"key": [row["id"] for row in rows], "value": values})
+
+    records = job.fetch(keys, fetch, batch_size=int(snakemake.config["fetch"]["batch_size"]))
+    job.save(records, description=f"one value per key, {len(keys)} keys")
+"""
+
+
+def tool(workdir: Path, *command: str, env: dict[str, str]) -> None:
+    done = subprocess.run(
+        [str(BIN / command[0]), *command[1:]],
+        cwd=workdir,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, f"{command} failed:\n{done.stdout}\n{done.stderr}"
+    return None
+
+
+@pytest.mark.slow
+def test_a_flaky_run_converges_and_its_secret_reaches_no_file(tmp_path: Path, loopback_api):
+    api: LoopbackAPI = loopback_api
+    api.records["/records"] = {f"item_{i:04d}": {"value": (i * 37) % 1000} for i in range(40)}
+    api.headers["/records"] = {"X-Release": "records-7"}
+    api.schedule("/records", "429:1", "500", "reset", "503")
+    secret = "s3cret-0f9e8d7c"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("USHER_")}
+    env.update(PATH=f"{BIN}{os.pathsep}{env.get('PATH', '')}", RECORDS_KEY=secret)
+    tool(tmp_path, "usher-pipeline", "init", "flow", env=env)
+    workdir = tmp_path / "flow"
+    (workdir / "scripts" / "fetch_records.py").write_text(RUN_FETCH_SCRIPT)
+    config_path = workdir / "config" / "config.yaml"
+    config = yaml.safe_load(config_path.read_text())
+    config["records_service"] = api.url("")
+    config["api"] = {
+        "sources": {"records": {"secrets": {"token": "RECORDS_KEY"}, "release_header": "X-Release"}}
+    }
+    config_path.write_text(yaml.safe_dump(config, sort_keys=False))
+    tool(workdir, "snakemake", "--cores", "1", env=env)
+    tool(workdir, "usher-pipeline", "export-prov", "run.prov.json", env=env)
+    tool(workdir, "usher-pipeline", "export-rocrate", "crate", env=env)
+    assert api.counts["/records"] == 5 + 4  # five batches of eight, and one retry per fault
+    assert all(query.endswith(f"&token={secret}") for _, query, _ in api.requests)
+    written = [p for p in workdir.rglob("*") if p.is_file()]
+    assert any(p.suffix == ".sqlite" for p in written)
+    assert any(p.name == "run.prov.json" for p in written)
+    leaks = [p for p in written if secret.encode() in p.read_bytes()]
+    assert leaks == []
+    steplog = json.loads((workdir / "results" / "steplogs" / "records.json").read_text())
+    assert steplog["data_sources"]["records"] == "records-7"
+    frame = pl.read_parquet(next(workdir.rglob("records.parquet")))
+    assert frame["value"].to_list() == [(i * 37) % 1000 for i in range(40)]
