@@ -360,6 +360,10 @@ def test_every_checkpoint_has_its_sentinel_and_every_product_its_sidecar(small_r
     assert run["data_source_versions"] == {"hpo": HPO_RELEASE}
     expected = load_config(workdir / "config" / "config.yaml").data_source_versions()
     assert run["expected_data_source_versions"] == expected == {"hpo": HPO_RELEASE}
+    summary = (workdir / "results" / "final" / "provenance_summary.html").read_text()
+    sources = summary.split("<h2>Data sources</h2>", 1)[1].split("</table>", 1)[0]
+    assert f"<td>hpo</td><td>{HPO_RELEASE}</td>" in sources
+    assert sources.count("<tr>") == 2  # the header and the HPO release, nothing else
     assert not any(name.startswith(("_partial_", "_fetch_batches")) for name in counts)
     assert provenance_paths(workdir) == {
         *(row["sentinel"] for row in rows.values()),
