@@ -19,7 +19,7 @@ from loopback_api import LoopbackAPI, loopback_api_fixture  # noqa: F401 - the f
 
 from usher_pipeline.config.library import APIConfig, LibraryConfigError, validate_library_config
 from usher_pipeline.sources import SourceClient, SourceRequestError, redact_url
-from usher_pipeline.sources.client import parse_retry_after
+from usher_pipeline.sources.pacing import parse_retry_after
 
 
 def make_client(tmp_path: Path, **api: Any) -> SourceClient:

@@ -35,14 +35,11 @@ import os
 import random
 import re
 import threading
-import time
 from collections import Counter
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from email.utils import parsedate_to_datetime
 from pathlib import Path
 from typing import Any, Final
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import requests
 import requests_cache
@@ -57,7 +54,13 @@ from tenacity import (
 
 from usher_pipeline.config.library import APIConfig, ResolvedSourceConfig, SourceAPIConfig
 from usher_pipeline.errors import UsherError
-from usher_pipeline.sources.pacing import SharedPacer
+from usher_pipeline.sources.pacing import SharedPacer, parse_retry_after
+from usher_pipeline.sources.redaction import (
+    REDACTED,
+    RedactFilter,
+    redact_url,
+    transport_loggers,
+)
 
 __all__ = [
     "REDACTED",
@@ -68,7 +71,6 @@ __all__ = [
     "redact_url",
 ]
 
-REDACTED: Final = "REDACTED"
 #: A source's name, as `api.sources` takes it: it names files and a Snakemake resource.
 SOURCE_NAME: Final = re.compile(r"[a-z][a-z0-9_]*")
 #: Statuses worth another attempt: the server is busy, overloaded or briefly broken.
@@ -76,8 +78,6 @@ RETRY_STATUSES: Final = frozenset({408, 429, 500, 502, 503, 504})
 #: The first backoff and the longest one (seconds); jitter adds up to the backoff again.
 BACKOFF_FIRST_S: Final = 0.5
 BACKOFF_MAX_S: Final = 60.0
-#: The longest Retry-After honoured as it is; a longer one is cut to this.
-RETRY_AFTER_MAX_S: Final = 600.0
 #: Retry the transfer errors of requests: timeouts, resets and bodies cut short.
 TRANSIENT_ERRORS: Final = (
     requests.Timeout,
@@ -129,32 +129,6 @@ class _Transient(Exception):
         self.response = response
 
 
-def redact_url(url: str, secret_params: frozenset[str] | set[str]) -> str:
-    """`url` with the value of every query parameter in `secret_params` replaced by REDACTED."""
-    parts = urlsplit(url)
-    if not parts.query:
-        return url
-    pairs = parse_qsl(parts.query, keep_blank_values=True)
-    kept = [(k, REDACTED if k in secret_params else v) for k, v in pairs]
-    return urlunsplit(parts._replace(query=urlencode(kept, safe=",")))
-
-
-def parse_retry_after(value: str | None) -> float | None:
-    """Seconds from a Retry-After header (a number of seconds or an HTTP date), None if none."""
-    if not value:
-        return None
-    text = value.strip()
-    try:
-        seconds = float(text)
-    except ValueError:
-        try:
-            when = parsedate_to_datetime(text)
-        except (TypeError, ValueError):
-            return None
-        seconds = when.timestamp() - time.time()
-    return min(max(seconds, 0.0), RETRY_AFTER_MAX_S)
-
-
 class _PacedAdapter(HTTPAdapter):
     """The transport: every request that reaches the network waits for the shared bucket.
 
@@ -176,35 +150,6 @@ class _PacedAdapter(HTTPAdapter):
     ) -> requests.Response:
         self.client._count_network(self.client.pacer.acquire())
         return super().send(request, stream, timeout, verify, cert, proxies)
-
-
-class _RedactFilter(logging.Filter):
-    """Replaces the secrets in urllib3's debug lines (they hold the full request path)."""
-
-    def __init__(self, secrets: list[str]) -> None:
-        super().__init__()
-        self.secrets = secrets
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        message = record.getMessage()
-        if any(s in message for s in self.secrets):
-            for secret in self.secrets:
-                message = message.replace(secret, REDACTED)
-            record.msg, record.args = message, None
-        return True
-
-
-def _transport_loggers() -> list[logging.Logger]:
-    """The loggers of urllib3 and requests-cache, whose debug lines hold request URLs.
-
-    A filter on a logger sees only the records logged on it, so each one gets it.
-    """
-    names = {"urllib3", "requests_cache"}
-    found = [logging.getLogger(name) for name in names]
-    for name, logger in list(logging.root.manager.loggerDict.items()):
-        if name.split(".")[0] in names and isinstance(logger, logging.Logger):
-            found.append(logger)
-    return found
 
 
 class SourceClient:
@@ -252,8 +197,8 @@ class SourceClient:
         self.session.mount("http://", adapter)
         self.session.mount("https://", adapter)
         self.session.headers.update(self.secret_headers)
-        self._filter = _RedactFilter(self.secret_values)
-        self._filtered = _transport_loggers()
+        self._filter = RedactFilter(self.secret_values)
+        self._filtered = transport_loggers()
         for logger in self._filtered:
             logger.addFilter(self._filter)
         self._lock = threading.Lock()
