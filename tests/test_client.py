@@ -486,3 +486,18 @@ def test_a_flaky_run_converges_and_its_secret_reaches_no_file(tmp_path: Path, lo
     assert steplog["data_sources"]["records"] == "records-7"
     frame = pl.read_parquet(next(workdir.rglob("records.parquet")))
     assert frame["value"].to_list() == [(i * 37) % 1000 for i in range(40)]
+
+
+def test_the_shared_bucket_spaces_slots_and_forgets_one_from_a_clock_set_back(tmp_path: Path):
+    from usher_pipeline.sources import SharedPacer
+
+    bucket = tmp_path / "pace" / "x.next"
+    pacer = SharedPacer(bucket, 4.0)
+    waits = [pacer.reserve() for _ in range(4)]
+    assert waits[0] < 0.05
+    gaps = [b - a for a, b in zip(waits, waits[1:], strict=False)]
+    assert all(0.125 < gap <= 0.25 + 1e-6 for gap in gaps), gaps  # 1/4 s, less the time passed
+    bucket.write_text(repr(time.time() + 86400))  # booked a day ahead by a clock set back
+    assert pacer.reserve() < 0.05
+    pacer.hold(30)
+    assert 29 < pacer.reserve() <= 30

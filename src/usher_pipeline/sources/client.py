@@ -312,7 +312,7 @@ class SourceClient:
         except TRANSIENT_ERRORS as exc:
             kind = type(exc).__name__
             self._count_error(kind)
-            raise _Transient(f"{kind}: {exc}", None, None) from None
+            raise _Transient(self.redact(f"{kind}: {exc}"), None, None) from None
         if getattr(response, "from_cache", False):
             self._count("cache_hits")
         status = response.status_code

@@ -31,6 +31,8 @@ __all__ = ["RETRY_AFTER_MAX_S", "SharedPacer", "parse_retry_after"]
 
 #: The longest Retry-After honoured as it is; a longer one is cut to this.
 RETRY_AFTER_MAX_S: Final = 600.0
+#: A booked slot further ahead than this is not trusted (the clock went back): it is now.
+STALE_AHEAD_S: Final = 2 * RETRY_AFTER_MAX_S
 
 
 class PacingError(UsherError):
@@ -72,7 +74,9 @@ class SharedPacer:
         """Book the next slot and return how long to wait for it (seconds, >= 0)."""
         with self.thread_lock, self.lock:
             now = time.time()
-            slot = max(now, self._read())
+            booked = self._read()
+            # a slot further ahead than any wait the bucket books is from a clock set back
+            slot = now if booked > now + STALE_AHEAD_S else max(now, booked)
             self._write(slot + self.interval)
         return slot - now
 
