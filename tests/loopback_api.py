@@ -150,6 +150,9 @@ class LoopbackAPI:
 class _Handler(BaseHTTPRequestHandler):
     server: _Server
     protocol_version = "HTTP/1.1"
+    # headers and body go out in two writes: with Nagle's algorithm on, the body waits for the
+    # client's delayed ACK (about 40 ms) on every kept-alive request
+    disable_nagle_algorithm = True
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the base's name
         """Quiet: the tests read the counts, not a log."""
