@@ -6,6 +6,8 @@ No timing is asserted here; the speed targets live in benchmarks/RESULTS.md.
 from __future__ import annotations
 
 import json
+import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -92,3 +94,48 @@ def test_benchmark_harness_writes_a_results_table(tmp_path: Path) -> None:
     assert set(by.values()) == {first}
     kept = output.read_text()
     assert first in kept and now in kept
+
+
+SCALE_SMOKE = """
+import json, sys
+from pathlib import Path
+from bench.cases import scale_fetch
+from bench.harness import QUICK, Measure, Sizes
+
+sizes = Sizes(**{**QUICK.__dict__, "scale_keys": 40, "scale_rate": 400.0, "scale_kills": 2})
+rows = scale_fetch.run(Measure(Path(sys.argv[1]), sizes, lambda rows: None))
+print(json.dumps([row.as_dict() for row in rows]))
+"""
+
+
+@pytest.mark.slow
+def test_scale_fetch_case_survives_its_kills_at_tiny_sizes(tmp_path: Path) -> None:
+    """The scale case's workflow, killed twice and resumed, ends with the uninterrupted run's
+    table; the server counted what the client asked, and a little more only at the kills."""
+    result = subprocess.run(
+        [sys.executable, "-c", SCALE_SMOKE, str(tmp_path / "work")],
+        capture_output=True,
+        text=True,
+        cwd=ROOT / "benchmarks",
+        env={**os.environ, "PYTHONPATH": str(ROOT / "benchmarks")},
+    )
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    requests, rate, memory = json.loads(result.stdout.strip().splitlines()[-1])
+    assert "equal to the uninterrupted run's (240 rows)" in requests["extra"]
+    assert requests["ok_extra"]
+    # every request asked reached the server once; asked again were only the requests in
+    # flight at the two kills (4 threads, one request each) and those refused with a 429
+    counted = re.search(
+        r"server counted (\d+) requests \((\d+) more than asked, (\d+) of", requests["extra"]
+    )
+    assert counted, requests["extra"]
+    made, more, refused = (int(n) for n in counted.groups())
+    assert requests["ratios"][0] == made / 240 and more == made - 240
+    assert 0 <= more - refused <= 2 * 4
+    assert "killed at " in requests["extra"] and "step log " in requests["extra"]
+    assert 0 < rate["ratios"][0] < 1.5
+    assert memory["ratios"] and memory["ratios"][0] > 0
+    assert set(memory["rss_mb"]) == {"at 240", "at 24"}
+    steplog = tmp_path / "work" / "killed" / "results" / "steplogs" / "answers.json"
+    steps = {step["step_name"] for step in json.loads(steplog.read_text())["steps"]}
+    assert {"batched_fetch", "http_loopback"} <= steps

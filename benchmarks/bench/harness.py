@@ -40,6 +40,10 @@ class Sizes:
     demo_gene_limit: int | None = None
     import_repeats: int = 15
     load_repeats: int = 3  # runs of each load variant per repetition (short, so noisy)
+    scale_keys: int = 22_000  # the scale fetch asks scale_queries requests per key, once
+    scale_queries: int = 6
+    scale_rate: float = 200.0  # the loopback server's limit, requests per second
+    scale_kills: int = 5
 
 
 FULL = Sizes()
@@ -56,6 +60,7 @@ QUICK = Sizes(
     demo_gene_limit=400,
     import_repeats=2,
     load_repeats=1,
+    scale_keys=2_200,
 )
 
 

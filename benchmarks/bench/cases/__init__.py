@@ -12,6 +12,7 @@ from bench.cases import (
     import_,
     lock,
     merge,
+    scale_fetch,
     small_jobs,
 )
 from bench.harness import Measure
@@ -26,4 +27,5 @@ CASES: dict[str, Callable[[Measure], list[Row]]] = {
     "demo_restart": demo_restart.run,
     "small_jobs": small_jobs.run,
     "lock": lock.run,
+    "scale_fetch": scale_fetch.run,
 }
