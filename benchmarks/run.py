@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Side-by-side benchmarks of usher_pipeline against plain Snakemake with Parquet outputs.
 
-    .venv/bin/python benchmarks/run.py            every case, 3 repetitions (about 20 min)
+    .venv/bin/python benchmarks/run.py            every case, 3 repetitions (about 45 min,
+                                                  the scale fetch, run once, about 22)
     .venv/bin/python benchmarks/run.py --quick    tiny sizes, 1 repetition (a smoke run)
 
 Each case runs its variants alternately in every repetition, so that noise on a shared machine

@@ -209,6 +209,19 @@ NOTES = """\
 - Merge: synthetic step logs; before each timed merge the previous repetition's sidecars are
   moved aside (deleted after the last one) and written back to disk (`sync`), so neither
   their deletion nor their write-back runs during the merge.
+- Scale fetch (run once, whatever the repetitions): the workflow of
+  `benchmarks/templates/scale_fetch.smk` asks keys x 6 requests of a loopback API
+  (`tests/loopback_api.py`, in the measuring process) through the source client inside
+  `job.fetch`, 4 batches of 20 keys in flight; the server refuses with 429 what goes over its
+  limit in any second, and the client is paced to 0.98 of it. Its SIGKILLs go to the whole
+  process group when the server's count reaches 5 random points, and each resume is the same
+  command. Requests are the server's count (every attempt, refused or not); the achieved rate
+  is that count over the seconds from each run's first request to its last, summed (the
+  Snakemake starts between runs excluded; the wall time is in the notes). The reference is an
+  uninterrupted run of the same workflow against an unlimited server, whose fetch job's
+  VmHWM is read from /proc as the server counts a tenth of the requests and the last one. At
+  NCBI's 3 requests/s without a key, 132,000 requests take 12.2 h at the limit; the upstream
+  literature layer took about 46 h.
 - Past measurements, and what was found to limit each target, are in `benchmarks/NOTES.md`
   (hand-written and dated, not from this run)."""
 
