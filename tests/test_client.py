@@ -18,8 +18,9 @@ import yaml
 from loopback_api import LoopbackAPI, loopback_api_fixture  # noqa: F401 - the fixture
 
 from usher_pipeline.config.library import APIConfig, LibraryConfigError, validate_library_config
+from usher_pipeline.retry_after import parse_retry_after
 from usher_pipeline.sources import SourceClient, SourceRequestError, redact_url
-from usher_pipeline.sources.pacing import parse_retry_after
+from usher_pipeline.sources.pacing import RETRY_AFTER_MAX_S
 
 
 def make_client(tmp_path: Path, **api: Any) -> SourceClient:
@@ -95,12 +96,12 @@ def test_a_source_still_failing_after_its_attempts_is_one_error(tmp_path: Path, 
 
 
 def test_parse_retry_after() -> None:
-    assert parse_retry_after("3") == 3.0
-    assert parse_retry_after(None) is None
-    assert parse_retry_after("soon") is None
-    ahead = parse_retry_after(formatdate(time.time() + 30, usegmt=True))
+    assert parse_retry_after("3", RETRY_AFTER_MAX_S) == 3.0
+    assert parse_retry_after(None, RETRY_AFTER_MAX_S) is None
+    assert parse_retry_after("soon", RETRY_AFTER_MAX_S) is None
+    ahead = parse_retry_after(formatdate(time.time() + 30, usegmt=True), RETRY_AFTER_MAX_S)
     assert ahead is not None and 28 <= ahead <= 30
-    assert parse_retry_after("99999") == 600.0
+    assert parse_retry_after("99999", RETRY_AFTER_MAX_S) == 600.0
 
 
 # -- cache -----------------------------------------------------------------------------------

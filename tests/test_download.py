@@ -32,8 +32,8 @@ from usher_pipeline.sources.download import (
     download,
     note_path,
     part_path,
-    redact_secrets,
 )
+from usher_pipeline.sources.redaction import redact_url
 from usher_pipeline.workflow.layout import Layout
 from usher_pipeline.workflow.testing import mock_snakemake, run_script
 
@@ -204,9 +204,9 @@ def test_a_permanent_error_names_the_url(server: FileServer, tmp_path: Path) -> 
     assert len(server.requests) == 1
 
 
-def test_redact_secrets() -> None:
+def test_redact_url() -> None:
     url = "https://u:pw@example.org/f.tsv?email=a@b.org&db=pubmed&API_KEY=k&tool=x"
-    assert redact_secrets(url) == (
+    assert redact_url(url) == (
         "https://u:REDACTED@example.org/f.tsv?email=REDACTED&db=pubmed&API_KEY=REDACTED&tool=x"
     )
 

@@ -54,7 +54,8 @@ from tenacity import (
 
 from usher_pipeline.config.library import APIConfig, ResolvedSourceConfig, SourceAPIConfig
 from usher_pipeline.errors import UsherError
-from usher_pipeline.sources.pacing import SharedPacer, parse_retry_after
+from usher_pipeline.retry_after import parse_retry_after
+from usher_pipeline.sources.pacing import RETRY_AFTER_MAX_S, SharedPacer
 from usher_pipeline.sources.redaction import (
     REDACTED,
     RedactFilter,
@@ -318,7 +319,7 @@ class SourceClient:
         status = response.status_code
         if status in RETRY_STATUSES or status >= 500:
             self._count_error(f"http_{status}")
-            retry_after = parse_retry_after(response.headers.get("Retry-After"))
+            retry_after = parse_retry_after(response.headers.get("Retry-After"), RETRY_AFTER_MAX_S)
             if retry_after is not None:
                 self.pacer.hold(retry_after)
             raise _Transient(f"HTTP {status} {response.reason}", status, retry_after, response)

@@ -26,17 +26,16 @@ from urllib.parse import parse_qsl, urlencode, urlsplit
 import requests
 
 from usher_pipeline.errors import UsherError
+from usher_pipeline.sources.redaction import SECRET_PARAMETER, redact_url
 from usher_pipeline.sources.transfer import (
     CHUNK_BYTES,
     PROGRESS_SECONDS,
-    SECRET_PARAMETER,
     ChecksumError,
     DownloadError,
     DownloadResult,
     Transfer,
     note_path,
     part_path,
-    redact_secrets,
 )
 
 if TYPE_CHECKING:
@@ -56,7 +55,7 @@ __all__ = [
     "download_for_job",
     "note_path",
     "part_path",
-    "redact_secrets",
+    "redact_url",
 ]
 
 #: The output of the library's download rule (rules/download.smk) that is the file.
@@ -89,7 +88,7 @@ def download(
     secrets = tuple(secrets)
     if sha256 is not None and not re.fullmatch(r"[0-9a-fA-F]{64}", sha256):
         raise DownloadError(
-            f"the expected SHA-256 of {redact_secrets(url, secrets)} is {sha256!r}: give 64 "
+            f"the expected SHA-256 of {redact_url(url, secrets)} is {sha256!r}: give 64 "
             "hexadecimal digits, or no checksum"
         )
     fetcher = Transfer(
@@ -168,7 +167,7 @@ class Downloads:
                 )
             if urlsplit(address).scheme not in ("http", "https"):
                 raise DownloadDeclarationError(
-                    f"the download {name} has the URL {redact_secrets(address)!r}: give an "
+                    f"the download {name} has the URL {redact_url(address)!r}: give an "
                     "http or https URL"
                 )
             if secret:
@@ -293,7 +292,7 @@ def _from_environment(
         value = os.environ.get(variable)
         if not value:
             raise DownloadError(
-                f"download of {redact_secrets(url, names)} needs the environment variable "
+                f"download of {redact_url(url, names)} needs the environment variable "
                 f"{variable} for its {kind} {name} (api.sources.{source}.{key}): set it"
             )
         found.append((name, value))

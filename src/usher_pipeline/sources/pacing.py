@@ -19,7 +19,6 @@ from __future__ import annotations
 import os
 import threading
 import time
-from email.utils import parsedate_to_datetime
 from pathlib import Path
 from typing import Final
 
@@ -27,7 +26,7 @@ from filelock import FileLock
 
 from usher_pipeline.errors import UsherError
 
-__all__ = ["RETRY_AFTER_MAX_S", "SharedPacer", "parse_retry_after"]
+__all__ = ["RETRY_AFTER_MAX_S", "SharedPacer"]
 
 #: The longest Retry-After honoured as it is; a longer one is cut to this.
 RETRY_AFTER_MAX_S: Final = 600.0
@@ -93,19 +92,3 @@ class SharedPacer:
             until = time.time() + seconds
             if until > self._read():
                 self._write(until)
-
-
-def parse_retry_after(value: str | None) -> float | None:
-    """Seconds from a Retry-After header (a number of seconds or an HTTP date), None if none."""
-    if not value:
-        return None
-    text = value.strip()
-    try:
-        seconds = float(text)
-    except ValueError:
-        try:
-            when = parsedate_to_datetime(text)
-        except (TypeError, ValueError):
-            return None
-        seconds = when.timestamp() - time.time()
-    return min(max(seconds, 0.0), RETRY_AFTER_MAX_S)

@@ -3,23 +3,39 @@
 from __future__ import annotations
 
 import logging
+import re
+from collections.abc import Iterable
 from typing import Final
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-__all__ = ["REDACTED", "RedactFilter", "redact_url", "transport_loggers"]
+__all__ = ["REDACTED", "SECRET_PARAMETER", "RedactFilter", "redact_url", "transport_loggers"]
 
 REDACTED: Final = "REDACTED"
+#: Query parameters whose values are secrets by their name alone (key, token, email, ...).
+SECRET_PARAMETER: Final = re.compile(
+    r"(^|[_-])(api_?key|key|token|secret|password|passwd|e?mail|signature|sig|auth|credentials?)$",
+    re.IGNORECASE,
+)
 
 
-def redact_url(url: str, secret_params: frozenset[str] | set[str]) -> str:
-    """`url` with the value of every query parameter in `secret_params` replaced by REDACTED."""
+def redact_url(url: str, names: Iterable[str] = ()) -> str:
+    """`url` with REDACTED for the values of the query parameters in `names` and of those
+    whose name says they are secret (SECRET_PARAMETER), and for a password in its authority."""
+    secret = set(names)
     parts = urlsplit(url)
-    if not parts.query:
+    netloc = parts.netloc
+    if "@" in netloc:
+        user, host = netloc.rsplit("@", 1)
+        netloc = f"{user.split(':', 1)[0]}:{REDACTED}@{host}" if ":" in user else netloc
+    if not parts.query and netloc == parts.netloc:
         return url
     pairs = parse_qsl(parts.query, keep_blank_values=True)
-    kept = [(k, REDACTED if k in secret_params else v) for k, v in pairs]
+    kept = [
+        (name, REDACTED if name in secret or SECRET_PARAMETER.search(name) else value)
+        for name, value in pairs
+    ]
     query = urlencode(kept, safe=",")
-    return urlunsplit((parts.scheme, parts.netloc, parts.path, query, parts.fragment))
+    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
 
 
 class RedactFilter(logging.Filter):

@@ -11,17 +11,18 @@ import os
 import random
 import re
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from email.utils import parsedate_to_datetime
 from pathlib import Path
 from typing import Any, Final
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, urlsplit
 
 import requests
 
 from usher_pipeline._io import read_json, remove_stale_temps, write_json_atomic
 from usher_pipeline.errors import UsherError
+from usher_pipeline.retry_after import parse_retry_after
+from usher_pipeline.sources.redaction import REDACTED, SECRET_PARAMETER, redact_url
 
 __all__ = [
     "CHUNK_BYTES",
@@ -34,19 +35,12 @@ __all__ = [
     "Transfer",
     "note_path",
     "part_path",
-    "redact_secrets",
 ]
 
 #: One read of the body. A connection cut mid-read loses the bytes of that read (requests
 #: gathers a whole chunk before it yields it), so a chunk is small: the retry asks for them again.
 CHUNK_BYTES: Final = 64 * 1024
 PROGRESS_SECONDS: Final = 10.0
-#: Query parameters whose values are secrets: never written to a note, a log or a step log.
-SECRET_PARAMETER: Final = re.compile(
-    r"(^|[_-])(api_?key|key|token|secret|password|passwd|e?mail|signature|sig|auth|credentials?)$",
-    re.IGNORECASE,
-)
-REDACTED: Final = "REDACTED"
 TRANSIENT_STATUS: Final = frozenset({408, 425, 429, 500, 502, 503, 504})
 MAX_BACKOFF_SECONDS: Final = 60.0
 
@@ -78,25 +72,6 @@ class DownloadResult:
     def as_dict(self) -> dict[str, Any]:
         """The result as JSON values."""
         return asdict(self)
-
-
-def redact_secrets(url: str, names: Iterable[str] = ()) -> str:
-    """`url` with the values of secret-looking query parameters (key, token, email, ...), of
-    those in `names`, and any password in its authority replaced by REDACTED."""
-    secret = set(names)
-    parts = urlsplit(url)
-    netloc = parts.netloc
-    if "@" in netloc:
-        user, host = netloc.rsplit("@", 1)
-        netloc = f"{user.split(':', 1)[0]}:{REDACTED}@{host}" if ":" in user else netloc
-    query = urlencode(
-        [
-            (name, REDACTED if name in secret or SECRET_PARAMETER.search(name) else value)
-            for name, value in parse_qsl(parts.query, keep_blank_values=True)
-        ],
-        safe=REDACTED,
-    )
-    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
 
 
 def part_path(target: Path) -> Path:
@@ -135,7 +110,7 @@ class Transfer:
         secrets: tuple[str, ...],
     ) -> None:
         self.url = url
-        self.shown = redact_secrets(url, secrets)
+        self.shown = redact_url(url, secrets)
         self.secret_values = [
             value
             for name, value in parse_qsl(urlsplit(url).query)
@@ -281,7 +256,10 @@ class Transfer:
             self.restart()
             raise _Transient("416 for the resumed range", wait=0.0)
         if status in TRANSIENT_STATUS:
-            raise _Transient(f"HTTP {status}", wait=_retry_after(reply.headers.get("Retry-After")))
+            raise _Transient(
+                f"HTTP {status}",
+                wait=parse_retry_after(reply.headers.get("Retry-After"), MAX_BACKOFF_SECONDS),
+            )
         if status not in (200, 206):
             raise DownloadError(
                 f"download of {self.shown} failed with HTTP {status} {reply.reason}: check the "
@@ -400,19 +378,6 @@ def _content_range_total(header: str | None) -> int | None:
     """The total of `Content-Range: bytes */T` (a 416's), or None."""
     match = re.fullmatch(r"\s*bytes\s+\*/(\d+)\s*", header or "")
     return int(match[1]) if match else None
-
-
-def _retry_after(header: str | None) -> float | None:
-    """Seconds to wait from a Retry-After header (seconds or an HTTP date), capped."""
-    if not header:
-        return None
-    if header.strip().isdigit():
-        return min(float(header), MAX_BACKOFF_SECONDS)
-    try:
-        when = parsedate_to_datetime(header).timestamp()
-    except (TypeError, ValueError):
-        return None
-    return max(0.0, min(when - time.time(), MAX_BACKOFF_SECONDS))
 
 
 def _size(count: float) -> str:

@@ -35,8 +35,6 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
-from email.utils import parsedate_to_datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, NamedTuple, Protocol
 
@@ -47,6 +45,7 @@ from usher_pipeline.errors import UsherError
 from usher_pipeline.hashing import sha256_json
 from usher_pipeline.persistence.appends import Unmatched, combine_schemas, conform
 from usher_pipeline.persistence.duckdb_store import to_polars, write_parquet
+from usher_pipeline.retry_after import parse_retry_after
 
 if TYPE_CHECKING:
     import polars as pl
@@ -106,25 +105,7 @@ def retry_after(exc: BaseException) -> float | None:
         headers = getattr(getattr(exc, "response", None), "headers", None)
         if isinstance(headers, Mapping):
             hint = headers.get("Retry-After") or headers.get("retry-after")
-    if isinstance(hint, bool) or hint is None:
-        return None
-    if isinstance(hint, int | float):
-        seconds = float(hint)
-    else:
-        text = str(hint).strip()
-        try:
-            seconds = float(text)
-        except ValueError:
-            try:
-                when = parsedate_to_datetime(text)
-            except (TypeError, ValueError, IndexError):
-                return None
-            if when.tzinfo is None:
-                when = when.replace(tzinfo=UTC)
-            seconds = (when - datetime.now(UTC)).total_seconds()
-    if seconds != seconds:  # NaN
-        return None
-    return min(max(seconds, 0.0), MAX_RETRY_AFTER_S)
+    return parse_retry_after(hint, MAX_RETRY_AFTER_S)
 
 
 def not_retried(exc: BaseException) -> str | None:
