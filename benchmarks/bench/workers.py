@@ -215,7 +215,7 @@ def w_merge(folder: str, n: int) -> dict[str, Any]:
     summary = merge_provenance(
         [str(p.relative_to(base)) for p in steplogs],
         pipeline_version="0.1.0",
-        data_source_versions={"ensembl_release": 113},
+        expected_versions={"ensembl_release": 113},
         run_record="results/provenance.json",
         store=PipelineStore(base / "results" / "pipeline.duckdb"),
         progress=lambda message: None,
