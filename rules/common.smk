@@ -36,12 +36,14 @@ LAYERS = list(CFG.demo.layers)
 HPO = {role: str(HPO_DIR / name) for role, name in HPO_FILES.items()}
 
 # The tables of the demo, each with the step log of the job that writes it.
-USHER.register("hpo_terms")
-USHER.register("known_usher_genes")
-USHER.register("gene_universe")
-USHER.register("evidence_{layer}", layer=LAYERS)
-USHER.register("gene_evidence")
-USHER.register("gene_scores")
+# The keys, nouns and labels tell `usher-pipeline diff` how to compare two runs' versions.
+GENES = dict(key=["ncbi_gene_id"], noun="genes", label="gene_symbol")
+USHER.register("hpo_terms", key=["term_id"], noun="terms", label="name")
+USHER.register("known_usher_genes", **GENES)
+USHER.register("gene_universe", **GENES)
+USHER.register("evidence_{layer}", key=["ncbi_gene_id"], noun="genes", layer=LAYERS)
+USHER.register("gene_evidence", **GENES)
+USHER.register("gene_scores", **GENES)
 USHER.register(
     "candidate_tiers",
     "positive_controls",
@@ -49,6 +51,7 @@ USHER.register(
         USHER.final("candidate_tiers.tsv"),
         USHER.final("positive_controls.tsv"),
     ),
+    **GENES,
 )
 
 

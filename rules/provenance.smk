@@ -2,8 +2,9 @@
 # and rows of the store's _provenance table. Include after every USHER.register(...).
 # Its config hashes come from the step logs (each job's slice), so a config key that no job
 # receives reruns nothing; only the library's version and the config's `versions` (the data
-# source versions it expects, which the run record keeps beside those the jobs recorded) are
-# params.
+# source versions it expects, which the run record keeps beside those the jobs recorded) and
+# the tables' keys for `usher-pipeline diff` (USHER.register(..., key=...)) are params. The
+# job also records the run into the run history (<results_dir>/history, docs/history.md).
 
 
 # The provenance rule's outputs are fixed here: table patterns take the values that the
@@ -34,5 +35,6 @@ rule provenance:
     params:
         pipeline_version=USHER_VERSION,
         expected_versions=config.get("versions") or {},
+        history_meta=USHER.history_meta(),
     script:
         "../scripts/provenance.py"

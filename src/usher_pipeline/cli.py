@@ -7,6 +7,7 @@
     usher-pipeline query "SELECT ..."          read-only SQL against the store
     usher-pipeline export-prov FILE            W3C PROV-JSON of the run
     usher-pipeline export-rocrate DIR          Workflow Run RO-Crate (Provenance Run Crate)
+    usher-pipeline runs | diff | history | show | gc    the run history (cli_history.py)
 
 Expected failures print one sentence and exit 1; usage errors exit 2.
 """
@@ -14,10 +15,7 @@ Expected failures print one sentence and exit 1; usage errors exit 2.
 from __future__ import annotations
 
 import argparse
-import csv
 import importlib
-import io
-import json
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -26,12 +24,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from usher_pipeline import __version__
+from usher_pipeline.cli_history import add_history_commands
 from usher_pipeline.cli_render import (
     Hints,
     Progress,
     clip,
     format_table,
     lineage_lines,
+    print_frame,
     terminal_width,
 )
 from usher_pipeline.errors import UsherError
@@ -322,23 +322,9 @@ def cmd_query(args: argparse.Namespace, settings: Settings) -> int:
             f"database {settings.db} does not exist: run the workflow "
             f"(`{settings.hints.snakemake()}`) or pass --db FILE"
         )
-    frame = settings.store().query(args.sql)
-    if args.format == "json":
-        json.dump(frame.to_dicts(), sys.stdout, indent=2, default=str)
-        sys.stdout.write("\n")
-    elif args.format == "csv":
-        buffer = io.StringIO()
-        writer = csv.writer(buffer, lineterminator="\n")
-        writer.writerow(frame.columns)
-        writer.writerows(frame.rows())
-        sys.stdout.write(buffer.getvalue())
-    else:
-        shown = frame.head(args.limit) if args.limit else frame
-        numeric = [i for i, dtype in enumerate(frame.dtypes) if dtype.is_numeric()]
-        print(format_table(frame.columns, shown.rows(), right=numeric))
-        more = frame.height - shown.height
-        tail = f" ({more} more not shown: raise --limit or use --format csv)" if more else ""
-        print(f"{frame.height} rows{tail}")
+    history = settings.results / "history"
+    frame = settings.store().query(args.sql, readable=[history] if history.is_dir() else [])
+    print_frame(frame, args.format, args.limit)
     return 0
 
 
@@ -477,6 +463,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="FILE",
         help="the Snakefile that ran, for a run without a manifest (default: ./Snakefile)",
     )
+    add_history_commands(add)
     init_help = "write a new workflow that uses the library into DIR"
     init = sub.add_parser("init", help=init_help, description=init_help)
     init.set_defaults(func=cmd_init, needs_settings=False)  # writes a new folder, reads no run

@@ -6,6 +6,9 @@ Kept apart from the commands so that they say what to show and this module how.
 
 from __future__ import annotations
 
+import csv
+import io
+import json
 import shlex
 import shutil
 import sys
@@ -13,7 +16,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
+
+if TYPE_CHECKING:
+    import polars as pl
 
 
 @dataclass(frozen=True)
@@ -73,14 +79,19 @@ def format_table(
     rows: Sequence[Sequence[object]],
     width: int | None = None,
     right: Sequence[int] = (),
+    keep: Sequence[int] = (),
 ) -> str:
-    """Rows as aligned columns that fit `width`; the widest columns are clipped first."""
+    """Rows as aligned columns that fit `width`; the widest columns are clipped first, the
+    columns `keep` never."""
     limit = width or terminal_width()
     cells = [[cell(v) for v in row] for row in rows]
     widths = [max([len(h), *(len(r[i]) for r in cells)]) for i, h in enumerate(headers)]
     gap = 2
     while sum(widths) + gap * (len(widths) - 1) > limit:
-        widest = max(range(len(widths)), key=widths.__getitem__)
+        clippable = [i for i in range(len(widths)) if i not in keep]
+        if not clippable:
+            break
+        widest = max(clippable, key=widths.__getitem__)
         if widths[widest] <= 6:
             break
         widths[widest] -= 1
@@ -173,3 +184,24 @@ def lineage_lines(records: list[dict[str, Any]], start: int) -> list[str]:
 
     walk(start, "", True, True)
     return lines
+
+
+def print_frame(frame: pl.DataFrame, fmt: str, limit: int = 0) -> None:
+    """Print a frame as JSON records, CSV, or a table of at most `limit` rows (0 = all) with
+    its row count: the output formats of `query`, `show` and `diff --table`."""
+    if fmt == "json":
+        json.dump(frame.to_dicts(), sys.stdout, indent=2, default=str)
+        sys.stdout.write("\n")
+    elif fmt == "csv":
+        buffer = io.StringIO()
+        writer = csv.writer(buffer, lineterminator="\n")
+        writer.writerow(frame.columns)
+        writer.writerows(frame.rows())
+        sys.stdout.write(buffer.getvalue())
+    else:
+        shown = frame.head(limit) if limit else frame
+        numeric = [i for i, dtype in enumerate(frame.dtypes) if dtype.is_numeric()]
+        print(format_table(frame.columns, shown.rows(), right=numeric))
+        more = frame.height - shown.height
+        tail = f" ({more} more not shown: raise --limit or use --format csv)" if more else ""
+        print(f"{frame.height} rows{tail}")

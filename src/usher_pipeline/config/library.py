@@ -172,6 +172,31 @@ class StoreConfig(BaseModel):
     )
 
 
+class HistoryConfig(BaseModel):
+    """Which earlier runs and table versions the run history keeps (`usher-pipeline gc`)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = Field(
+        default=True,
+        description="Record each run and keep earlier table versions under <results_dir>/history.",
+    )
+    keep_runs: int | None = Field(
+        default=20,
+        ge=1,
+        description="Keep the last N runs (null = no limit by count); the latest is always kept.",
+    )
+    keep_days: float | None = Field(
+        default=None,
+        gt=0,
+        allow_inf_nan=False,
+        description=(
+            "Keep runs younger than D days (null = no limit by age); with keep_runs, a run is "
+            "kept when either keeps it."
+        ),
+    )
+
+
 class LibrarySettings(BaseModel):
     """The library's keys that every config shares: paths, the workflow's name, api, store."""
 
@@ -195,6 +220,7 @@ class LibrarySettings(BaseModel):
     )
     api: APIConfig = APIConfig()
     store: StoreConfig = StoreConfig()
+    history: HistoryConfig = HistoryConfig()
 
 
 def _check_version(value: object) -> object:
@@ -233,7 +259,11 @@ class LibraryConfig(LibrarySettings):
 #: The top-level keys of the library.
 LIBRARY_KEYS: Final = tuple(LibraryConfig.model_fields)
 #: The sections whose every key is the library's, with their models.
-LIBRARY_SECTIONS: Final[Mapping[str, type[BaseModel]]] = {"api": APIConfig, "store": StoreConfig}
+LIBRARY_SECTIONS: Final[Mapping[str, type[BaseModel]]] = {
+    "api": APIConfig,
+    "store": StoreConfig,
+    "history": HistoryConfig,
+}
 
 
 def validate_library_config(

@@ -18,7 +18,7 @@ import os
 import re
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Self
@@ -154,13 +154,14 @@ class StoreConnection:
 
     @contextmanager
     def connect(
-        self, write: bool = True, external_access: bool = True
+        self, write: bool = True, external_access: bool = True, readable: Sequence[Path] = ()
     ) -> Iterator[duckdb.DuckDBPyConnection]:
         """A DuckDB connection under the store's lock (exclusive when `write`), closed after.
 
         Inside this thread's `transaction()` or `session()` its connection is reused. Without
         `external_access` a new connection reads the database file only (no other files, no
-        network). A damaged file found by any statement becomes a StoreFileError.
+        network) but those below the folders `readable`. A damaged file found by any statement
+        becomes a StoreFileError.
         """
         if self._closed:
             raise StoreError(f"store {self.db_path} is closed: open a new PipelineStore")
@@ -182,7 +183,7 @@ class StoreConnection:
                 raise
             return
         with self._lock.hold(exclusive=write) as deadline:
-            conn = self._open(not write, deadline, external_access)
+            conn = self._open(not write, deadline, external_access, readable)
             try:
                 with self._damage_is_a_file_error():
                     yield conn
@@ -268,12 +269,16 @@ class StoreConnection:
                 self._held = None
 
     def _open(
-        self, read_only: bool, deadline: float, external_access: bool = True
+        self,
+        read_only: bool,
+        deadline: float,
+        external_access: bool = True,
+        readable: Sequence[Path] = (),
     ) -> duckdb.DuckDBPyConnection:
         import duckdb
 
         config = dict(NO_EXTENSIONS)
-        if not external_access:
+        if not external_access and not readable:
             config["enable_external_access"] = False
         started = time.monotonic()
         delay = 0.005
@@ -284,6 +289,10 @@ class StoreConnection:
                 try:
                     # time-zone-aware columns load back in UTC, whatever the host's zone
                     conn.execute("SET TimeZone = 'UTC'")
+                    if not external_access and readable:  # only these folders, then no more
+                        folders = [str(Path(p).resolve()) + os.sep for p in readable]
+                        conn.execute("SET allowed_directories = $folders", {"folders": folders})
+                        conn.execute("SET enable_external_access = false")
                 except BaseException:
                     conn.close()
                     raise

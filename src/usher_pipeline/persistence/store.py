@@ -278,7 +278,13 @@ class PipelineStore(StoreConnection):
         with duckdb.connect(config=NO_EXTENSIONS) as conn:
             return fingerprint_source(conn, parquet_source(path))
 
-    def query(self, sql: str, params: list[Any] | dict[str, Any] | None = None) -> pl.DataFrame:
+    def query(
+        self,
+        sql: str,
+        params: list[Any] | dict[str, Any] | None = None,
+        *,
+        readable: Sequence[str | Path] = (),
+    ) -> pl.DataFrame:
         """Run read-only SQL and return its result as a polars DataFrame.
 
         Outside a transaction it runs on a read-only connection under the shared lock, so
@@ -286,7 +292,8 @@ class PipelineStore(StoreConnection):
         inside one, statements that could write are refused before they run. Statements that
         reach outside the database (COPY, EXPORT, INSTALL, LOAD, ATTACH) are always refused.
         Raises ReadOnlyQuery for a statement that would change the database or reach outside
-        it, and QueryFailed for any other error DuckDB reports.
+        it, and QueryFailed for any other error DuckDB reports. `readable` folders (the run
+        history's) may be read from too, outside a transaction: nothing else.
         """
         import duckdb
 
@@ -296,7 +303,8 @@ class PipelineStore(StoreConnection):
                 f"database {self.db_path} does not exist: run the workflow or pass --db FILE"
             )
         try:
-            with self.connect(write=False, external_access=False) as conn:
+            folders = [Path(p) for p in readable]
+            with self.connect(write=False, external_access=False, readable=folders) as conn:
                 kinds = _statement_kinds(conn, sql)
                 if kinds & _OUTSIDE_STATEMENTS:
                     raise ReadOnlyQuery(_OUTSIDE_MESSAGE)

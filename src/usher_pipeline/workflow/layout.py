@@ -51,7 +51,7 @@ import itertools
 import os
 import re
 import string
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NoReturn
@@ -68,6 +68,7 @@ from usher_pipeline.settings import (
 )
 
 Values = str | int | Iterable[str | int]
+KeySpec = str | Sequence[str] | Mapping[str, str | Sequence[str]] | None
 
 
 class LayoutError(UsherError, ValueError):
@@ -76,7 +77,7 @@ class LayoutError(UsherError, ValueError):
 
 def new_registry() -> dict[str, Any]:
     """An empty registry: plain JSON values, so it can live in Snakemake's `config`."""
-    return {"tables": {}, "files": {}, "patterns": {}, "expanded": False}
+    return {"tables": {}, "files": {}, "patterns": {}, "meta": {}, "expanded": False}
 
 
 def wildcard_names(pattern: str) -> list[str]:
@@ -200,6 +201,9 @@ class Layout:
         *tables: str,
         steplog: str | None = None,
         files: Iterable[str | Path] = (),
+        key: KeySpec = None,
+        noun: str | None = None,
+        label: str | None = None,
         **values: Values,
     ) -> None:
         """Record tables (and extra files) made by one job, whose step log is `steplog`
@@ -208,8 +212,13 @@ class Layout:
         Tables, files and the step log name may be patterns with the same wildcards
         (`"chrom_stats_{chrom}"`); keyword arguments give values per wildcard
         (`chrom=["chr1", "chr2"]`), and rules/provenance.smk adds those its rules name.
+
+        For `usher-pipeline diff`: `key` names the column(s) that identify a row (one list for
+        every table of the call, or a mapping table -> columns), `noun` what a row is, in the
+        plural ("genes"), and `label` a column shown beside the key ("gene_symbol").
         """
         try:
+            self._put_meta(tables, key, noun, label)
             if self.registry["expanded"]:
                 raise LayoutError(
                     f"{', '.join(tables or (str(steplog),))} registered after "
@@ -236,6 +245,47 @@ class Layout:
             self._register_pattern(name, list(tables), paths, wildcards, values)
         except LayoutError as error:
             self._stop(error)
+
+    def _put_meta(
+        self, tables: Sequence[str], key: KeySpec, noun: str | None, label: str | None
+    ) -> None:
+        """Keep what `diff` needs to know of each table: its key, noun and label column."""
+        keys = key if isinstance(key, Mapping) else dict.fromkeys(tables, key)
+        unknown = sorted(set(keys) - set(tables))
+        if unknown:
+            raise LayoutError(
+                f"key= names {', '.join(map(repr, unknown))}, which this register() call does "
+                "not register: give keys only for its own tables"
+            )
+        for text, what in ((noun, "noun"), (label, "label")):
+            if text is not None and (not isinstance(text, str) or not text.strip()):
+                raise LayoutError(f"{what}= must be a non-empty string, not {text!r}")
+        for table in tables:
+            columns = _key_columns(table, keys.get(table))
+            if columns is None and noun is None and label is None:
+                continue
+            self.registry.setdefault("meta", {})[table] = {
+                "key": columns,
+                "noun": noun,
+                "label": label,
+            }
+
+    def table_meta(self, table: str) -> dict[str, Any]:
+        """The key, noun and label registered for a concrete table (or its pattern)."""
+        meta: dict[str, dict[str, Any]] = self.registry.get("meta") or {}
+        if table in meta:
+            return dict(meta[table])
+        for pattern, found in meta.items():
+            if wildcard_names(pattern) and pattern_regex(pattern).fullmatch(table):
+                return dict(found)
+        return {"key": None, "noun": None, "label": None}
+
+    def history_meta(self) -> dict[str, dict[str, Any]]:
+        """`table_meta` of every registered concrete table that has any (the provenance rule's
+        param, recorded in the run history)."""
+        self._concrete()
+        found = {table: self.table_meta(table) for table in self.tables}
+        return {t: m for t, m in found.items() if any(v is not None for v in m.values())}
 
     def _register_pattern(
         self,
@@ -398,6 +448,21 @@ class Layout:
         """The step log of every job that saves a registered table, without repeats."""
         self._concrete()
         return [self.steplog(name) for name in dict.fromkeys(self.tables.values())]
+
+
+def _key_columns(table: str, key: str | Sequence[str] | None) -> list[str] | None:
+    """The key columns given for `table`, checked: None, or a non-empty list of names."""
+    if key is None:
+        return None
+    columns = [key] if isinstance(key, str) else list(key)
+    if not columns or not all(isinstance(c, str) and c for c in columns):
+        raise LayoutError(
+            f"key= of table {table!r} must name one or more columns, such as "
+            f"key=['ncbi_gene_id'], not {key!r}"
+        )
+    if len(set(columns)) != len(columns):
+        raise LayoutError(f"key= of table {table!r} names a column twice: {columns}")
+    return columns
 
 
 def _fixed_length(pattern: str) -> int:

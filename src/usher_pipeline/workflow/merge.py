@@ -28,6 +28,7 @@ from usher_pipeline.workflow.fetch import drop_batches
 from usher_pipeline.workflow.ingest import ingested_fingerprints
 
 if TYPE_CHECKING:
+    from usher_pipeline.history.record import HistoryOptions
     from usher_pipeline.persistence.duckdb_store import PipelineStore
 
 log = logging.getLogger("usher_pipeline.merge")
@@ -54,6 +55,7 @@ def merge_provenance(
     store: PipelineStore | None = None,
     ingested: Sequence[str | Path] = (),
     progress: Callable[[str], None] | None = None,
+    history: HistoryOptions | None = None,
 ) -> dict[str, Any]:
     """Write a sidecar for every output of every step log, the run record and `_provenance` rows.
 
@@ -62,6 +64,8 @@ def merge_provenance(
     batches of each table the step logs name are removed last (`fetch.drop_batches`): call
     it only with the step logs of jobs that Snakemake has recorded as finished.
     `expected_versions` are the config's `versions`, recorded in the run record only.
+    With `history`, the run is then recorded in the run history (`history.record`), before
+    the fetch batches go.
 
     Returns a summary: run id, number of step logs and sidecars, and the sidecar paths.
     """
@@ -108,6 +112,18 @@ def merge_provenance(
         trackers.append(run)
     if store is not None:
         ProvenanceTracker.save_many_to_store(store, trackers)
+    history_run = None
+    if history is not None:
+        from usher_pipeline.history.record import record_run
+
+        history_run = record_run(
+            records,
+            history,
+            pipeline_version=pipeline_version,
+            provenance_run_id=run_id,
+            expected_versions=expected_versions,
+            progress=report,
+        )["run_id"]
     # The jobs of these step logs are finished: their fetch batches are needed no more.
     dropped = drop_batches(e["path"] for r in records for e in r["outputs"] if e.get("table"))
     seconds = time.monotonic() - started
@@ -122,6 +138,7 @@ def merge_provenance(
         "sidecars": sidecars,
         "seconds": seconds,
         "batches_dropped": dropped,
+        "history_run": history_run,
     }
 
 
