@@ -51,12 +51,11 @@ import itertools
 import os
 import re
 import string
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NoReturn
 
-from usher_pipeline.errors import UsherError
 from usher_pipeline.persistence.duckdb_store import validate_table_name
 from usher_pipeline.persistence.provenance import sidecar_path
 from usher_pipeline.settings import (
@@ -66,13 +65,9 @@ from usher_pipeline.settings import (
     RUN_RECORD_NAME,
     is_table_name,
 )
+from usher_pipeline.workflow.tablemeta import KeySpec, LayoutError, put_table_meta, table_meta
 
 Values = str | int | Iterable[str | int]
-KeySpec = str | Sequence[str] | Mapping[str, str | Sequence[str]] | None
-
-
-class LayoutError(UsherError, ValueError):
-    """A table, file or pattern that cannot be registered as given."""
 
 
 def new_registry() -> dict[str, Any]:
@@ -218,7 +213,7 @@ class Layout:
         plural ("genes"), and `label` a column shown beside the key ("gene_symbol").
         """
         try:
-            self._put_meta(tables, key, noun, label)
+            put_table_meta(self.registry, tables, key, noun, label)
             if self.registry["expanded"]:
                 raise LayoutError(
                     f"{', '.join(tables or (str(steplog),))} registered after "
@@ -246,39 +241,9 @@ class Layout:
         except LayoutError as error:
             self._stop(error)
 
-    def _put_meta(
-        self, tables: Sequence[str], key: KeySpec, noun: str | None, label: str | None
-    ) -> None:
-        """Keep what `diff` needs to know of each table: its key, noun and label column."""
-        keys = key if isinstance(key, Mapping) else dict.fromkeys(tables, key)
-        unknown = sorted(set(keys) - set(tables))
-        if unknown:
-            raise LayoutError(
-                f"key= names {', '.join(map(repr, unknown))}, which this register() call does "
-                "not register: give keys only for its own tables"
-            )
-        for text, what in ((noun, "noun"), (label, "label")):
-            if text is not None and (not isinstance(text, str) or not text.strip()):
-                raise LayoutError(f"{what}= must be a non-empty string, not {text!r}")
-        for table in tables:
-            columns = _key_columns(table, keys.get(table))
-            if columns is None and noun is None and label is None:
-                continue
-            self.registry.setdefault("meta", {})[table] = {
-                "key": columns,
-                "noun": noun,
-                "label": label,
-            }
-
     def table_meta(self, table: str) -> dict[str, Any]:
         """The key, noun and label registered for a concrete table (or its pattern)."""
-        meta: dict[str, dict[str, Any]] = self.registry.get("meta") or {}
-        if table in meta:
-            return dict(meta[table])
-        for pattern, found in meta.items():
-            if wildcard_names(pattern) and pattern_regex(pattern).fullmatch(table):
-                return dict(found)
-        return {"key": None, "noun": None, "label": None}
+        return table_meta(self.registry, table)
 
     def history_meta(self) -> dict[str, dict[str, Any]]:
         """`table_meta` of every registered concrete table that has any (the provenance rule's
@@ -448,21 +413,6 @@ class Layout:
         """The step log of every job that saves a registered table, without repeats."""
         self._concrete()
         return [self.steplog(name) for name in dict.fromkeys(self.tables.values())]
-
-
-def _key_columns(table: str, key: str | Sequence[str] | None) -> list[str] | None:
-    """The key columns given for `table`, checked: None, or a non-empty list of names."""
-    if key is None:
-        return None
-    columns = [key] if isinstance(key, str) else list(key)
-    if not columns or not all(isinstance(c, str) and c for c in columns):
-        raise LayoutError(
-            f"key= of table {table!r} must name one or more columns, such as "
-            f"key=['ncbi_gene_id'], not {key!r}"
-        )
-    if len(set(columns)) != len(columns):
-        raise LayoutError(f"key= of table {table!r} names a column twice: {columns}")
-    return columns
 
 
 def _fixed_length(pattern: str) -> int:
