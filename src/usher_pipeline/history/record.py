@@ -31,6 +31,7 @@ from usher_pipeline.history.changes import (
 from usher_pipeline.history.store import RUN_FORMAT, History, run_id_for
 from usher_pipeline.lineage import path_key, step_label
 from usher_pipeline.settings import RUNTIME_KEY
+from usher_pipeline.workflow.faults import fault_point
 
 log = logging.getLogger("usher_pipeline.history")
 
@@ -230,6 +231,7 @@ def record_run(
         for entry in run["tables"].values():
             sentinel = _sentinel_of(records, entry)
             added += history.add_object(entry["fingerprint"], sentinel, entry.get("sha256"))
+        fault_point("history_after_objects", "")
         history.save_run(run)
     changed = run["changed"]["tables"]
     report(

@@ -33,6 +33,7 @@ from typing import Any, Final
 from usher_pipeline._io import read_json, remove_stale_temps, temp_path_for, write_json_atomic
 from usher_pipeline.errors import UsherError
 from usher_pipeline.hashing import sha256_file
+from usher_pipeline.workflow.faults import fault_point
 
 HISTORY_DIR: Final = "history"
 RUN_FORMAT: Final = "usher_pipeline.run/1"
@@ -317,6 +318,8 @@ class History:
             if not dry_run:
                 for run_id in removed:  # records first: a kept record never misses an object
                     self.run_path(run_id).unlink(missing_ok=True)
+                    if run_id != removed[-1]:
+                        fault_point("history_gc_between", "")
             freed = objects = shared = 0
             for path in self._object_files():
                 if path.name in named:

@@ -20,6 +20,10 @@ POINTS = (
     "after_rename_before_steplog",  # the sentinel is in place; the step log is not written
 )
 INGEST_POINTS = ("after_ingest_commit",)  # head-node ingest: this table committed, not the next
+HISTORY_POINTS = (
+    "history_after_objects",  # a run's table versions are kept, its run record is not written
+    "history_gc_between",  # gc removed some run records, not yet the versions only they named
+)
 
 
 def fault_point(point: str, table: str) -> None:
