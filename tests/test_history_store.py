@@ -221,3 +221,17 @@ def test_headline_reads_as_a_result():
     )
     one = {"table": "t", "status": "added", "noun": "genes", "rows_new": 1}
     assert headline(one) == "t: new table, 1 gene"
+
+
+def test_a_version_written_anew_with_the_same_content_holds_no_second_copy(history, tmp_path):
+    sentinel = tmp_path / "t.parquet"
+    pl.DataFrame({"id": [1, 2]}).write_parquet(sentinel)
+    fingerprint, _rows = fingerprint_parquet(sentinel)
+    assert history.add_object(fingerprint, sentinel, sha256_file(sentinel)) == 0
+    rewritten = tmp_path / "t.new.parquet"  # the job reran: a new file, the same rows
+    pl.DataFrame({"id": [2, 1]}).write_parquet(rewritten)
+    os.replace(rewritten, sentinel)
+    assert fingerprint_parquet(sentinel)[0] == fingerprint
+    assert history.add_object(fingerprint, sentinel, sha256_file(sentinel)) == 0
+    assert os.path.samefile(history.object_path(fingerprint), sentinel)
+    assert history.disk_usage()[0] == 0  # the old file is gone with its last link

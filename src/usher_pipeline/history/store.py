@@ -234,9 +234,14 @@ class History:
         """Keep the content of `sentinel` as the version `fingerprint`; returns the bytes it
         added now (0 for a version already kept or a hard link). `sha256` is the digest the
         step log names: a sentinel replaced since is refused rather than kept under a wrong
-        fingerprint."""
+        fingerprint.
+
+        A version kept already as another file (a job rerun that wrote the same content
+        anew) becomes a link of the new sentinel, so that the old file is freed: a run that
+        changes nothing leaves the history holding no byte more."""
         target = self.object_path(fingerprint)
-        if target.exists():
+        kept = target.exists()
+        if kept and os.path.samefile(target, sentinel):
             return 0
         self.objects_dir.mkdir(parents=True, exist_ok=True)
         remove_stale_temps(target)
@@ -246,6 +251,8 @@ class History:
             try:
                 os.link(sentinel, tmp)
             except OSError:  # another filesystem, or links not allowed: copy
+                if kept:
+                    return 0  # the same content is kept already
                 shutil.copyfile(sentinel, tmp)
                 added = tmp.stat().st_size
             if sha256 is not None and sha256_file(tmp) != sha256:
