@@ -11,6 +11,7 @@
 #   results/steplogs/<table>.json             step log of the job that made <table>
 #   results/final/candidate_tiers.tsv         HIGH/MEDIUM/LOW candidates, ranked
 #   results/final/positive_controls.tsv       where the known Usher genes rank
+#   results/final/score_distribution.png      the scores, the tier thresholds, the controls
 #   results/provenance.json                   run-level provenance
 #   logs/<rule>/<table>.log                   each job's log
 
@@ -39,3 +40,4 @@ rule all:
     default_target: True
     input:
         get_final_outputs(),
+        USHER.final("score_distribution.png"),

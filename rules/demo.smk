@@ -128,3 +128,23 @@ rule candidate_tiers:
         tiers=CFG.slice("demo.tiers")["demo.tiers"],
     script:
         "../scripts/candidate_tiers.py"
+
+
+rule score_distribution:
+    input:
+        tiers=USHER.sentinel("candidate_tiers"),
+        controls=USHER.sentinel("positive_controls"),
+    output:
+        picture=report(
+            USHER.final("score_distribution.png"),
+            caption="../report/score_distribution.rst",
+            category="Candidates",
+        ),
+    log:
+        USHER.log("score_distribution", "score_distribution"),
+    conda:
+        "../envs/usher_pipeline.yaml"
+    params:
+        tiers=CFG.slice("demo.tiers")["demo.tiers"],
+    script:
+        "../scripts/score_picture.py"
