@@ -77,6 +77,7 @@ def get_final_outputs():
         USHER.final("candidate_tiers.tsv"),
         USHER.final("positive_controls.tsv"),
         USHER.run_record,
+        *USHER.history_report,
         *USHER.sidecars(),
         *USHER.products(),
         *USHER.steplogs(),

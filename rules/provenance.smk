@@ -13,6 +13,7 @@ USHER.expand_patterns(rule_paths(workflow.rules))
 
 
 include: "ingest.smk"
+include: "report.smk"
 
 
 rule provenance:

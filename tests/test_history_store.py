@@ -235,3 +235,24 @@ def test_a_version_written_anew_with_the_same_content_holds_no_second_copy(histo
     assert history.add_object(fingerprint, sentinel, sha256_file(sentinel)) == 0
     assert os.path.samefile(history.object_path(fingerprint), sentinel)
     assert history.disk_usage()[0] == 0  # the old file is gone with its last link
+
+
+def test_temporary_files_of_killed_writers_are_removed_and_a_live_ones_kept(history, five_runs):
+    import subprocess
+    import sys
+
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        text=True,
+        capture_output=True,
+        check=True,
+    )
+    pid = int(dead.stdout)
+    stale = history.runs_dir / f".{five_runs[0]}x.json.{pid}.abcd1234.tmp"
+    stale_object = history.objects_dir / f".fp2-{'0' * 32}.parquet.{pid}.abcd1234.tmp"
+    live = history.runs_dir / f".other.json.{os.getppid()}.abcd1234.tmp"
+    for path in (stale, stale_object, live):
+        path.write_text("{")
+    assert history.remove_leftovers() == 2
+    assert not stale.exists() and not stale_object.exists() and live.exists()
+    assert history.run_ids() == five_runs

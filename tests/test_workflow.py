@@ -129,7 +129,9 @@ def expected_jobs(layers: int) -> dict[str, int]:
         "gene_evidence": 1,
         "gene_scores": 1,
         "candidate_tiers": 1,
+        "score_distribution": 1,
         "provenance": 1,
+        "usher_history_report": 1,
     }
 
 
@@ -455,7 +457,14 @@ def test_weight_edit_reruns_only_scoring_tiers_and_provenance(small_run, tmp_pat
     config["demo"]["layers"]["vestibular"]["weight"] = 0.20
     config_file.write_text(yaml.safe_dump(config, sort_keys=False))
     done = snakemake(workdir, "-n", "--cores", "2")
-    assert job_stats(done) == {"gene_scores": 1, "candidate_tiers": 1, "provenance": 1, "all": 1}
+    assert job_stats(done) == {
+        "gene_scores": 1,
+        "candidate_tiers": 1,
+        "score_distribution": 1,
+        "provenance": 1,
+        "usher_history_report": 1,
+        "all": 1,
+    }
 
 
 # -- restart after a hard kill -----------------------------------------------------------------

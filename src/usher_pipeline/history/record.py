@@ -216,6 +216,7 @@ def record_run(
     history = History(options.results_dir)
     began = time.monotonic()
     with history.locked():
+        history.remove_leftovers()
         previous = history.latest()
         run = build_run(
             records,

@@ -9,7 +9,7 @@ Layout below `<results_dir>/history/`:
                                    where the filesystem allows (no bytes are copied; the
                                    version costs disk space only once the sentinel is replaced
                                    by another version), otherwise a copy
-    .lock                          held while a run is recorded and while `gc` runs
+    lock                           held while a run is recorded and while `gc` runs
 
 A run that changes no table adds no object. A kill at any instant leaves every run record
 whole with every object it names: objects go in before the record that names them, and `gc`
@@ -40,6 +40,8 @@ RUN_FORMAT: Final = "usher_pipeline.run/1"
 RUN_ID_PATTERN: Final = re.compile(r"^\d{8}T\d{6}Z-[0-9a-f]{6}$")
 OBJECT_PATTERN: Final = re.compile(r"^fp2-[0-9a-f]{32}\.parquet$")
 LOCK_TIMEOUT_S: Final = 600.0
+#: The temporary name `_io.temp_path_for` gives a file of these folders.
+_TEMP_OF: Final = re.compile(r"\.(?P<target>.+)\.\d+\.[0-9a-f]+\.tmp")
 
 
 class HistoryError(UsherError):
@@ -106,7 +108,7 @@ class History:
         from filelock import FileLock, Timeout
 
         self.root.mkdir(parents=True, exist_ok=True)
-        lock = FileLock(str(self.root / ".lock"))
+        lock = FileLock(str(self.root / "lock"))
         try:
             lock.acquire(timeout=timeout)
         except Timeout:
@@ -221,8 +223,20 @@ class History:
 
     def save_run(self, record: Mapping[str, Any]) -> Path:
         """Write a run record whole (the last act of recording a run)."""
-        remove_stale_temps(self.run_path(str(record["run_id"])))
         return write_json_atomic(self.run_path(str(record["run_id"])), dict(record))
+
+    def remove_leftovers(self) -> int:
+        """Delete the temporary files of writers that were killed (a record or a version
+        half-written); a live writer's are kept. Returns how many were removed."""
+        removed = 0
+        for folder in (self.runs_dir, self.objects_dir):
+            if not folder.is_dir():
+                continue
+            for path in folder.glob(".*"):
+                name = _TEMP_OF.fullmatch(path.name)
+                if name is not None:
+                    removed += len(remove_stale_temps(folder / name["target"]))
+        return removed
 
     # -- table versions --------------------------------------------------------------------
 
@@ -244,7 +258,6 @@ class History:
         if kept and os.path.samefile(target, sentinel):
             return 0
         self.objects_dir.mkdir(parents=True, exist_ok=True)
-        remove_stale_temps(target)
         tmp = temp_path_for(target)
         added = 0
         try:
@@ -307,6 +320,7 @@ class History:
         """Remove the runs that neither `keep_runs` (the last N) nor `keep_days` (younger than
         D days) keeps, the latest run always kept, then every object no kept run names."""
         with self.locked():
+            self.remove_leftovers()
             ids = self.run_ids()
             keep = set(ids[-1:])
             if keep_runs is None and keep_days is None:

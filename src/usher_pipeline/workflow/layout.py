@@ -189,6 +189,12 @@ class Layout:
         """The run-level provenance record."""
         return f"{self.results_dir}/{RUN_RECORD_NAME}"
 
+    @property
+    def history_report(self) -> list[str]:
+        """The report's run-history pages (rules/report.smk): what changed since the previous
+        run, and this run's lineage picture; add them to `rule all` to have them made."""
+        return [self.final("changes.html"), self.final("lineage.png")]
+
     # -- registry --------------------------------------------------------------------------
 
     def register(
