@@ -93,6 +93,8 @@ def print_run_summary():
         f"  positive controls {USHER.final('positive_controls.tsv')}\n"
         f"  database          {CFG.duckdb_path}\n"
         f"  provenance        {USHER.run_record} and a .provenance.json sidecar beside"
-        " every table and report",
+        " every table and report\n"
+        f"  changes           {USHER.history_report[0]} (and `usher-pipeline diff`);"
+        f" pictures {USHER.history_report[1]}, {USHER.final('score_distribution.png')}",
         file=sys.stderr,
     )
