@@ -281,6 +281,9 @@ def test_runs_and_diff_name_the_config_key_and_the_rows_that_changed(two_runs, t
 
     pointed = run(tmp_path, "usher-pipeline", "-C", str(workdir), "diff", "--format", "json")
     assert json.loads(pointed.stdout) == diff
+    # one run named: that run against the latest; a run by its id, or by the day it ended
+    assert cli_json(workdir, "diff", runs[1]["run"]) == diff
+    assert cli_json(workdir, "diff", runs[1]["run"], runs[0]["ended"][:10]) == diff
 
 
 # -- history, show and the rows of one table ------------------------------------------------
