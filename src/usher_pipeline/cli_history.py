@@ -117,7 +117,8 @@ def _print_rows(rows: list[dict[str, Any]], fmt: str, keep: Sequence[int] = ()) 
         sys.stdout.write(buffer.getvalue())
     else:
         cells = [list(map(cell, r.values())) for r in rows]
-        print(format_table(list(rows[0]), cells, keep=keep))
+        width = None if sys.stdout.isatty() else 10_000  # a pipe gets whole cells
+        print(format_table(list(rows[0]), cells, width=width, keep=keep))
 
 
 # -- diff ----------------------------------------------------------------------------------
@@ -282,19 +283,23 @@ def _table_detail(entry: Mapping[str, Any]) -> list[str]:
             for column, value in list(change["new"].items())[:4]
         )
         lines.append(f"e.g. {who}: {moved}")
+    label, key = entry.get("label"), entry.get("key") or []
     for kind in ("added", "removed"):
         rows = samples.get(kind) or []
         if rows:
-            label = entry.get("label")
-            key = entry.get("key") or []
-            names = [
-                str(r.get(label) if label else ", ".join(str(r.get(k)) for k in key)) for r in rows
-            ]
-            lines.append(
-                f"{kind}: {', '.join(names[:5])}"
-                + (" ..." if int(entry.get(kind) or 0) > len(names[:5]) else "")
-            )
+            names = [_row_name(row, label, key) for row in rows[:5]]
+            dots = " ..." if int(entry.get(kind) or 0) > len(names) else ""
+            lines.append(f"{kind}: {', '.join(names)}{dots}")
     return lines
+
+
+def _row_name(row: Mapping[str, Any], label: str | None, key: Sequence[str]) -> str:
+    """A sample row by its label, else its key, else its values (a whole-row diff)."""
+    if label and label in row:
+        return cell(row[label])
+    if key:
+        return ", ".join(cell(row.get(k)) for k in key)
+    return "(" + ", ".join(cell(v) for v in row.values()) + ")"
 
 
 # -- history and show ----------------------------------------------------------------------
