@@ -361,3 +361,10 @@ def test_as_json_and_load_version_keep_values(tmp_path: Path) -> None:
     assert one.as_json()["samples"]["removed"] == [
         {"id": 1, "day": "2026-01-01", "amount": "1.10", "raw": "00"}
     ]
+
+
+def test_null_in_a_composite_key_part(tmp_path: Path) -> None:
+    old = pl.DataFrame({"a": [1, 1], "b": ["x", None], "v": [1, 2]})
+    new = pl.DataFrame({"a": [1], "b": ["x"], "v": [1]})
+    with pytest.raises(KeyNotUnique, match=r"old\.parquet has 1 row\(s\) with a NULL in key"):
+        diff_parquet(*versions(tmp_path, old, new), table="t", key=["a", "b"])

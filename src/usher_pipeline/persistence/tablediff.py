@@ -1,11 +1,11 @@
 """The row-level difference of two versions of one table, each a Parquet file (a history object).
 
 A keyed diff is ONE pass of a FULL OUTER JOIN of the two files, whose ungrouped aggregate
-counts the matched rows and NULL keys and gathers only the differing rows into a small
-temporary table; counts per column, transitions and samples come from that table. Unique keys
-need no pass of their own: matched + only-old rows == the old file's row count (from its
-footer), likewise for the new, which a key repeated among matched keys breaks (m * n >=
-max(m, n) pairs); one repeated among unmatched keys shows in the small table.
+counts each side's keys and gathers only the differing rows into a small temporary table;
+counts per column, transitions and samples come from that table. Unique keys need no pass of
+their own: each row of a version then appears once in the join, so its keys count the
+version's rows (from the file's footer); a key in m old and n new rows appears m * n >=
+max(m, n) times and breaks that, a repeated unmatched key or a NULL key shows in the table.
 
 Values compare exactly with IS DISTINCT FROM, as DuckDB compares them: NULL -> value is a
 change, NULL -> NULL is not, NaN equals NaN, lists and structs compare element by element (a
@@ -214,56 +214,57 @@ def _plan(conn: Conn, old: Path, new: Path, table: str, key: Any, label: str | N
     return plan
 
 
-def _label_sql(plan: _Plan, keys: list[str], n_key: str) -> str:
-    """The label of a joined row: the new version's, the old one's for a removed row."""
+def _label_sql(plan: _Plan) -> str:
+    """The label of a row of `d`: the new version's, the old one's for a removed row."""
     if plan.label is None:
         return "NULL"
     if plan.label in plan.key:
-        return keys[plan.key.index(plan.label)]
-    label, versions = quote_identifier(plan.label), (("o", plan.old_cols), ("n", plan.new_cols))
-    sides = [side for side, cols in versions if any(n == plan.label for n, _ in cols)]
-    if len(sides) == 2:
-        return f"CASE WHEN {n_key} IS NULL THEN o.{label} ELSE n.{label} END"
-    return f"{sides[0]}.{label}" if sides else "NULL"
+        return f"k{plan.key.index(plan.label)}"
+    at = [
+        [f"{p}{i}" for i, (n, _) in enumerate(c) if n == plan.label]
+        for p, c in (("o", plan.old_cols), ("n", plan.new_cols))
+    ]
+    if at[0] and at[1]:
+        return f"CASE WHEN nk0 IS NULL THEN {at[0][0]} ELSE {at[1][0]} END"
+    return (at[0] or at[1] or ["NULL"])[0]
 
 
 def _build(conn: Conn, plan: _Plan) -> tuple[int, int]:
-    """The one pass: the temporary table `d` of differing rows (s, k*, l, o*, n*), the key
-    checks (KeyNotUnique when a key repeats or is NULL); the rows of the old and new file."""
+    """The one pass: the table `d` of differing rows (s, k*, l, o*, n*, raw keys ok*, nk*) and
+    the key checks (KeyNotUnique when a key repeats or is NULL); the rows of the two files."""
     o_key, n_key = ([f"{side}.{quote_identifier(k)}" for k in plan.key] for side in "on")
-    keys = [f"coalesce({a}, {b})" for a, b in zip(o_key, n_key, strict=True)]
-    status = f"CASE WHEN {o_key[0]} IS NULL THEN 'added' WHEN {n_key[0]} IS NULL THEN 'removed' "
-    fields = [f"s := {status} ELSE 'changed' END", f"l := {_label_sql(plan, keys, n_key[0])}"]
-    fields += [f"k{i} := {k}" for i, k in enumerate(keys)]
+    # only references to the join's columns: struct_pack copies nothing, the list the rows kept
+    fields = [f"{p}k{i} := {p}.{quote_identifier(k)}" for p in "on" for i, k in enumerate(plan.key)]
     fields += [f"o{i} := o.{quote_identifier(name)}" for i, (name, _) in enumerate(plan.old_cols)]
     fields += [f"n{j} := n.{quote_identifier(name)}" for j, (name, _) in enumerate(plan.new_cols)]
     differs = [f"{o_key[0]} IS NULL", f"{n_key[0]} IS NULL"] + [
         f"o.{quote_identifier(c)} IS DISTINCT FROM n.{quote_identifier(c)}" if comp else "true"
         for c, _, _, comp in plan.common
     ]
-    # a row with a NULL key part never matches: one side has the NULL, the other is all NULL
-    null_key = " AND ".join(f"({' OR '.join(f'{k} IS NULL' for k in s)})" for s in (o_key, n_key))
     conn.execute(
         f"""
         CREATE TEMP TABLE agg AS
-        SELECT count(*) FILTER ({o_key[0]} IS NOT NULL AND {n_key[0]} IS NOT NULL) AS matched,
-               count(*) FILTER ({null_key}) AS null_keys,
+        SELECT count({o_key[0]}) AS old_rows, count({n_key[0]}) AS new_rows,
                list(struct_pack({", ".join(fields)})) FILTER ({" OR ".join(differs)}) AS rows
         FROM {parquet_source(plan.old)} AS o FULL OUTER JOIN {parquet_source(plan.new)} AS n
         ON {" AND ".join(f"{a} = {b}" for a, b in zip(o_key, n_key, strict=True))}
         """
     )
-    conn.execute("CREATE TEMP TABLE d AS SELECT unnest(r) FROM (SELECT unnest(rows) AS r FROM agg)")
-    matched, null_keys = conn.sql("SELECT matched, null_keys FROM agg").fetchall()[0]
-    conn.execute("DROP TABLE agg")
+    keys = ", ".join(f"coalesce(ok{i}, nk{i}) AS k{i}" for i in range(len(plan.key)))
+    status = "CASE WHEN ok0 IS NULL THEN 'added' WHEN nk0 IS NULL THEN 'removed' ELSE 'changed' END"
+    conn.execute(
+        f"CREATE TEMP TABLE d AS SELECT {status} AS s, {keys}, {_label_sql(plan)} AS l, * FROM "
+        "(SELECT unnest(r) FROM (SELECT unnest(rows) AS r FROM agg))"
+    )
+    # a NULL key part never matches, and the other side of its row is all NULL
+    null_key = " OR ".join(f"k{i} IS NULL" for i in range(len(plan.key)))
     unmatched = "FILTER (s <> 'changed')"
-    removed, added, repeated = conn.sql(
-        f"SELECT count(*) FILTER (s = 'removed'), count(*) FILTER (s = 'added'), count(*) "
-        f"{unmatched} - "
-        f"count(DISTINCT row(s, {plan.ks})) {unmatched} FROM d"
+    *joined, null_keys, repeated = conn.sql(
+        f"SELECT (SELECT old_rows FROM agg), (SELECT new_rows FROM agg), count(*) FILTER "
+        f"({null_key}), count(*) {unmatched} - count(DISTINCT row(s, {plan.ks})) {unmatched} FROM d"
     ).fetchall()[0]
     rows = _num_rows(conn, plan.old), _num_rows(conn, plan.new)
-    if null_keys or repeated or matched + removed != rows[0] or matched + added != rows[1]:
+    if null_keys or repeated or tuple(joined) != rows:
         raise _not_unique(conn, plan)
     return rows
 
