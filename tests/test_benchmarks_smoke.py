@@ -24,6 +24,8 @@ CASES = [
     "merge",
     "dryrun",
     "demo_restart",
+    "history_diff",
+    "history_overhead",
 ]
 
 

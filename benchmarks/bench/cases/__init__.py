@@ -9,6 +9,8 @@ from bench.cases import (
     demo_restart,
     dryrun,
     fingerprint,
+    history_diff,
+    history_overhead,
     import_,
     lock,
     merge,
@@ -27,5 +29,7 @@ CASES: dict[str, Callable[[Measure], list[Row]]] = {
     "demo_restart": demo_restart.run,
     "small_jobs": small_jobs.run,
     "lock": lock.run,
+    "history_diff": history_diff.run,
+    "history_overhead": history_overhead.run,
     "scale_fetch": scale_fetch.run,
 }
