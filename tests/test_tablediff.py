@@ -296,7 +296,9 @@ def test_transitions_carry_keys_and_labels(tmp_path: Path) -> None:
 def test_diff_rows_columns(tmp_path: Path) -> None:
     old = pl.DataFrame({"id": [1, 2, 3], "sym": ["a", "b", "c"], "v": [1, 2, 3], "w": [0, 0, 0]})
     new = pl.DataFrame({"id": [2, 3, 4], "sym": ["b", "C", "d"], "v": [2, 9, 4], "w": [0, 0, 0]})
-    rows = diff_rows(*versions(tmp_path, old, new), table="t", key=["id"], label="sym")
+    paths = versions(tmp_path, old, new)
+    rows = diff_rows(*paths, table="t", key=["id"], label="sym")
+    assert diff_rows(*paths, table="t", key="id", label="sym").equals(rows)  # one column alone
     assert rows.columns == ["change", "id", "sym", "sym_old", "sym_new", "v_old", "v_new"]
     assert rows.to_dicts() == [
         {

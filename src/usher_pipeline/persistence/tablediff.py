@@ -189,6 +189,7 @@ class _Plan:
 
 def _plan(conn: Conn, old: Path, new: Path, table: str, key: Any, label: str | None) -> _Plan:
     old_all, new_all = _columns(conn, old), _columns(conn, new)
+    key = [key] if isinstance(key, str) else key  # one column named alone
     source: KeySource = "declared" if key else "whole row"
     if key is None and (found := _unique_column(conn, old, new)):
         key, source = (found,), "unique column"
@@ -320,7 +321,6 @@ def _records(relation: duckdb.DuckDBPyRelation) -> list[dict[str, Any]]:
 
 
 def _flags(plan: _Plan) -> list[str]:
-    """Per common column, whether a row of `d` differs in it."""
     return [f"o{i} IS DISTINCT FROM n{j}" if c else "true" for _, i, j, c in plan.common]
 
 
