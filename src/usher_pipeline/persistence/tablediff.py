@@ -27,6 +27,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
+from usher_pipeline.persistence.connection import NO_EXTENSIONS
 from usher_pipeline.persistence.errors import StoreError
 from usher_pipeline.persistence.sql import parquet_source, quote_identifier, sql_string
 
@@ -41,6 +42,7 @@ _NOT_KEY = frozenset({"float", "double", "list", "array", "map", "struct", "unio
 MAX_TRANSITIONS = 20  # a categorical column with more distinct old->new pairs gets none
 KeySource = Literal["declared", "unique column", "whole row"]
 Columns = list[tuple[str, Any]]  # [(name, DuckDB type)]
+_SETUP = "SET TimeZone = 'UTC'; SET enable_progress_bar = false"  # UTC values, no output
 _WHOLE = "SELECT 'added' AS change, * FROM a UNION ALL BY NAME SELECT 'removed' AS change, * FROM r"
 
 
@@ -108,9 +110,7 @@ def json_safe(value: Any) -> Any:
 def _connect() -> Conn:
     import duckdb
 
-    from usher_pipeline.persistence.connection import NO_EXTENSIONS
-
-    return duckdb.connect(config=NO_EXTENSIONS).execute("SET TimeZone = 'UTC'")
+    return duckdb.connect(config=NO_EXTENSIONS).execute(_SETUP)
 
 
 def _columns(conn: Conn, path: Path) -> Columns:
