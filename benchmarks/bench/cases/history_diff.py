@@ -114,7 +114,7 @@ def rows_of(measure: Measure) -> int:
 def run(measure: Measure) -> list[Row]:
     """diff_parquet against the bare FULL OUTER JOIN, on two versions of `rows_of` rows."""
     rows = rows_of(measure)
-    paths = prepare(fresh(measure.work / "history_diff"), rows)
+    paths = prepare(fresh(measure.work), rows)
     want = expected(rows)
     row = Row(
         f"row-level diff of two Parquet versions of {rows:,} rows x 6 columns, 1% differing",
