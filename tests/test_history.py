@@ -130,6 +130,17 @@ def test_tier_transitions_are_exactly_the_genes_whose_tier_changed(demo):
     moved = rows.filter(pl.col("tier_old") != pl.col("tier_new"))
     assert sorted(moved["ncbi_gene_id"]) == sorted(moves["ncbi_gene_id"])
     assert pair_counts(moved, "tier_old", "tier_new") == expected
+    old = pl.read_parquet(demo.parent / "first_tiers.parquet").select("ncbi_gene_id", "score")
+    new = pl.read_parquet(demo / TIERS).select("ncbi_gene_id", "score")
+    values = old.join(new, on="ncbi_gene_id", suffix="_new").filter(
+        pl.col("score") != pl.col("score_new")
+    )
+    scores = rows.filter(pl.col("score_old") != pl.col("score_new"))
+    assert_frame_equal(  # the diff's values are the tables' own, not rounded
+        scores.select("ncbi_gene_id", "score_old", "score_new").sort("ncbi_gene_id"),
+        values.rename({"score": "score_old"}).sort("ncbi_gene_id"),
+        check_exact=True,
+    )
 
     as_csv = usher(demo, "diff", "--table", "candidate_tiers", "--format", "csv").stdout
     from_csv = pl.read_csv(io.StringIO(as_csv))
@@ -183,11 +194,13 @@ def test_an_unchanged_table_keeps_one_version_shared_with_its_sentinel(demo):
 def test_show_prints_the_earlier_version_as_it_was(demo):
     first = pl.read_parquet(demo.parent / "first_tiers.parquet")
     shown = usher(demo, "show", "candidate_tiers", "--run", "latest~1", "--format", "csv")
-    assert_frame_equal(pl.read_csv(io.StringIO(shown.stdout), schema=first.schema), first)
+    read = pl.read_csv(io.StringIO(shown.stdout), schema=first.schema)
+    assert_frame_equal(read, first, check_exact=True)
     latest = usher(demo, "show", "candidate_tiers", "--format", "csv").stdout
-    assert_frame_equal(
-        pl.read_csv(io.StringIO(latest), schema=first.schema), pl.read_parquet(demo / TIERS)
-    )
+    read = pl.read_csv(io.StringIO(latest), schema=first.schema)
+    assert_frame_equal(read, pl.read_parquet(demo / TIERS), check_exact=True)
+    as_json = usher_json(demo, "show", "candidate_tiers", "--run", "latest~1")
+    assert as_json == first.to_dicts()
     assert latest != shown.stdout
 
 
@@ -200,6 +213,19 @@ def test_query_reads_a_history_object_and_still_refuses_other_files(demo):
     refused = usher(demo, "query", "SELECT * FROM read_text('/etc/passwd')", check=False)
     one_line_error(refused)
     assert "root:" not in refused.stdout + refused.stderr
+
+
+@pytest.mark.slow
+def test_a_run_is_named_by_its_id_a_prefix_latest_n_or_its_end_time(demo):
+    first, second = History(demo / "results").runs()
+    for ref in (first["run_id"], first["run_id"][:18], "latest~1", first["ended_at"]):
+        diff = usher_json(demo, "diff", ref, second["run_id"][:18])
+        assert (diff["old"]["run_id"], diff["new"]["run_id"]) == (
+            first["run_id"],
+            second["run_id"],
+        ), ref
+    by_day = usher_json(demo, "diff", "latest~1", second["ended_at"][:10])
+    assert by_day["new"]["run_id"] == second["run_id"]  # the newest run that day
 
 
 # -- 2. bad input -----------------------------------------------------------------------------
