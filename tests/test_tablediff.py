@@ -370,3 +370,19 @@ def test_null_in_a_composite_key_part(tmp_path: Path) -> None:
     new = pl.DataFrame({"a": [1], "b": ["x"], "v": [1]})
     with pytest.raises(KeyNotUnique, match=r"old\.parquet has 1 row\(s\) with a NULL in key"):
         diff_parquet(*versions(tmp_path, old, new), table="t", key=["a", "b"])
+
+
+def test_whole_row_diff_over_the_common_comparable_columns(tmp_path: Path) -> None:
+    old = pl.DataFrame({"x": [1.0, 1.0, 2.0], "s": ["a", "b", "c"], "gone": [1, 2, 3]})
+    new = pl.DataFrame({"x": [1.0, 3.0, 2.0], "s": [1, 2, 3], "extra": [True, True, False]})
+    paths = versions(tmp_path, old, new)
+    diff = diff_parquet(*paths, table="t", key=[])
+    # s turned from strings into numbers, which cannot compare: only x is compared
+    assert diff.types_changed == (("s", "VARCHAR", "BIGINT"),)
+    assert (diff.columns_added, diff.columns_removed) == (("extra",), ("gone",))
+    assert (diff.added, diff.removed) == (1, 1)
+    assert diff.samples["added"] == [{"x": 3.0}] and diff.samples["removed"] == [{"x": 1.0}]
+    apart = versions(tmp_path, pl.DataFrame({"a": [1.5, 1.5]}), pl.DataFrame({"b": [2.5]}))
+    nothing_common = diff_parquet(*apart, table="t")
+    assert (nothing_common.added, nothing_common.removed) == (1, 2)
+    assert diff_rows(*apart, table="t").columns == ["change", "b", "a"]
