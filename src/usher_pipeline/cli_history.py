@@ -70,6 +70,7 @@ def run_summary(run: Mapping[str, Any]) -> str:
         ("data_sources", "data"),
         ("software", "software"),
         ("inputs", "inputs"),
+        ("workflow_files", "workflow files"),
     ):
         if changed.get(key):
             parts.append(f"{what} {_names(changed[key])}")
@@ -202,7 +203,12 @@ def _diff_csv(data: Mapping[str, Any]) -> None:
     writer.writerow(["section", "item", "old", "new", "added", "removed", "changed"])
     for entry in data["config"]:
         writer.writerow(["config", entry["key"], _text(entry["old"]), _text(entry["new"])])
-    for section, name in (("data_sources", "name"), ("software", "name"), ("inputs", "path")):
+    for section, name in (
+        ("data_sources", "name"),
+        ("software", "name"),
+        ("inputs", "path"),
+        ("workflow_files", "path"),
+    ):
         for entry in data[section]:
             writer.writerow([section, entry[name], entry["old"], entry["new"]])
     for entry in data["tables"]:
@@ -240,12 +246,13 @@ def diff_lines(data: Mapping[str, Any], settings: Settings | None = None) -> lis
         ("data_sources", "data sources", "name"),
         ("software", "software", "name"),
         ("inputs", "input files", "path"),
+        ("workflow_files", "workflow files", "path"),
     ):
         entries = data[section]
         lines.append(title + ("" if entries else ": unchanged"))
         for entry in entries:
             old_value, new_value = entry["old"], entry["new"]
-            if section == "inputs":
+            if section in ("inputs", "workflow_files"):
                 old_value = (old_value or "none")[:12]
                 new_value = (new_value or "none")[:12]
             lines.append(f"  {entry[name]}: {old_value} -> {new_value}")
@@ -253,6 +260,7 @@ def diff_lines(data: Mapping[str, Any], settings: Settings | None = None) -> lis
     lines.append(f"tables: {len(tables)} changed, {len(data['unchanged_tables'])} unchanged")
     for entry in tables:
         lines.append("  " + headline(entry))
+        lines.extend(f"    why: {cause}" for cause in entry.get("why") or [])
         lines.extend("    " + line for line in _table_detail(entry))
     if data["unchanged_tables"]:
         lines.append("  unchanged: " + ", ".join(data["unchanged_tables"]))

@@ -143,6 +143,8 @@ def _table_section(entry: Mapping[str, Any]) -> str:
         f'<section class="table"><h3><code>{_text(entry.get("table"))}</code></h3>',
         f'<p class="headline">{_text(headline(entry))}</p>',
     ]
+    for cause in entry.get("why") or []:
+        parts.append(f"<p>Why: {_text(cause)}.</p>")
     if entry.get("status") == "changed":
         key = ", ".join(str(k) for k in entry.get("key") or []) or "(whole row)"
         parts.append(
@@ -187,10 +189,13 @@ def render_changes(
                 _versions("Data sources", diff.get("data_sources") or [], "name"),
                 _versions("Software", diff.get("software") or [], "name"),
                 _versions("Input files (sha256)", diff.get("inputs") or [], "path"),
+                _versions("Workflow files (sha256)", diff.get("workflow_files") or [], "path"),
             ]
         )
         body.append("<h2>Versions and inputs</h2>")
-        body.append(versions or "<p>No data source, software or input file changed.</p>")
+        body.append(
+            versions or "<p>No data source, software, input file or workflow file changed.</p>"
+        )
         tables = diff.get("tables") or []
         body.append("<h2>Tables</h2>")
         if not tables:

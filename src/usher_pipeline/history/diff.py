@@ -26,6 +26,7 @@ class RunDiff:
     data_sources: list[dict[str, Any]]
     software: list[dict[str, Any]]
     inputs: list[dict[str, Any]]
+    workflow_files: list[dict[str, Any]] = field(default_factory=list)
     tables: list[dict[str, Any]] = field(default_factory=list)
     unchanged_tables: list[str] = field(default_factory=list)
 
@@ -38,6 +39,7 @@ class RunDiff:
             "data_sources": self.data_sources,
             "software": self.software,
             "inputs": self.inputs,
+            "workflow_files": self.workflow_files,
             "tables": self.tables,
             "unchanged_tables": self.unchanged_tables,
         }
@@ -97,6 +99,11 @@ def diff_runs(
         ),
         software=version_changes(old.get("software"), new.get("software")),
         inputs=version_changes(old.get("inputs"), new.get("inputs"), name="path"),
+        workflow_files=version_changes(
+            (old.get("workflow") or {}).get("files"),
+            (new.get("workflow") or {}).get("files"),
+            name="path",
+        ),
     )
     names = sorted(set(old["tables"]) | set(new["tables"]))
     for table in names:
@@ -109,7 +116,9 @@ def diff_runs(
                 continue
             if progress is not None:
                 progress(f"comparing {table} ({before['rows']} -> {after['rows']} rows)")
-            diff.tables.append(table_entry_diff(history, old, new, table, samples=samples))
+            entry = table_entry_diff(history, old, new, table, samples=samples)
+            entry["why"] = causes(diff, old, new, table)
+            diff.tables.append(entry)
             continue
         entry = after if after is not None else before
         assert entry is not None
@@ -124,6 +133,63 @@ def diff_runs(
             }
         )
     return diff
+
+
+def _jobs(run: Mapping[str, Any]) -> dict[str, Mapping[str, Any]]:
+    return {str(job["step"]): job for job in run.get("jobs") or []}
+
+
+def _values(changes: Sequence[Mapping[str, Any]], most: int = 3) -> str:
+    shown = [f"{c['key']} {_json(c['old'])} -> {_json(c['new'])}" for c in changes[:most]]
+    return ", ".join(shown) + (f" and {len(changes) - most} more" if len(changes) > most else "")
+
+
+def _json(value: Any) -> str:
+    import json
+
+    return value if isinstance(value, str) else json.dumps(value, default=str)
+
+
+def causes(diff: RunDiff, old: Mapping[str, Any], new: Mapping[str, Any], table: str) -> list[str]:
+    """Why a table changed, from what the two runs recorded of the job that wrote it: its
+    params (its config slice), the tables and files it read, else the workflow's files or
+    software, else a rerun with the same params and inputs."""
+    before, after = old["tables"][table], new["tables"][table]
+    job_old, job_new = _jobs(old).get(before["step"]), _jobs(new).get(after["step"])
+    why: list[str] = []
+    step = after["step"]
+    if job_old is not None and job_new is not None:
+        if "params" in job_old and "params" in job_new:
+            moved = config_changes(job_old["params"], job_new["params"])
+            if moved:
+                why.append(f"the params of {step} changed: {_values(moved)}")
+        elif job_old.get("config_slice_hash") != job_new.get("config_slice_hash"):
+            why.append(f"the params of {step} changed")
+    changed_tables = {
+        name
+        for name, entry in new["tables"].items()
+        if (old["tables"].get(name) or {}).get("fingerprint") != entry["fingerprint"]
+    }
+    upstream = [name for name in after.get("upstream") or [] if name in changed_tables]
+    if upstream:
+        why.append(f"{step} read changed tables: {', '.join(upstream)}")
+    moved_inputs = {entry["path"] for entry in diff.inputs}
+    files = [path for path in (job_new or {}).get("inputs") or [] if path in moved_inputs]
+    if files:
+        why.append(f"{step} read changed files: {', '.join(files[:3])}")
+    if not why and diff.workflow_files:
+        why.append(
+            "the workflow's files changed: "
+            + ", ".join(entry["path"] for entry in diff.workflow_files[:3])
+        )
+    if not why and diff.software:
+        why.append(
+            "software changed: "
+            + ", ".join(f"{e['name']} {e['old']} -> {e['new']}" for e in diff.software[:3])
+        )
+    if not why:
+        why.append(f"{step} ran again with the same params and inputs")
+    return why
 
 
 def _noun(noun: str | None, count: int) -> str:

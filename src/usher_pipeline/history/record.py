@@ -70,13 +70,18 @@ def _workflow_identity() -> dict[str, Any]:
     from usher_pipeline.workflow.manifest import ManifestError, find_manifest, load_manifest
 
     found = find_manifest(Path.cwd())
+    unknown: dict[str, Any] = {"name": Path.cwd().name, "version": None, "files": {}}
     if found is None:
-        return {"name": Path.cwd().name, "version": None}
+        return unknown
     try:
         manifest = load_manifest(found)
     except ManifestError:
-        return {"name": Path.cwd().name, "version": None}
-    return {"name": manifest.workflow.name, "version": manifest.workflow.version}
+        return unknown
+    return {
+        "name": manifest.workflow.name,
+        "version": manifest.workflow.version,
+        "files": {f.path: f.sha256 for f in manifest.workflow.files},
+    }
 
 
 def build_run(
@@ -118,6 +123,8 @@ def build_run(
                 "started_at": record.get("started_at"),
                 "ended_at": record.get("ended_at"),
                 "config_slice_hash": record.get("config_slice_hash"),
+                "params": plain_config(record.get("params") or {}),
+                "inputs": sorted({str(e["path"]) for e in record.get("inputs") or []}),
                 "steplog_sha256": digest,
                 "ran": ran,
             }
@@ -198,6 +205,9 @@ def summary_of_changes(
         ),
         "software": changed_names(old.get("software"), run["software"], previous),
         "inputs": changed_names(old.get("inputs"), run["inputs"], previous),
+        "workflow_files": changed_names(
+            (old.get("workflow") or {}).get("files"), run["workflow"].get("files"), previous
+        ),
     }
 
 
