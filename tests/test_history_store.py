@@ -256,3 +256,46 @@ def test_temporary_files_of_killed_writers_are_removed_and_a_live_ones_kept(hist
     assert history.remove_leftovers() == 2
     assert not stale.exists() and not stale_object.exists() and live.exists()
     assert history.run_ids() == five_runs
+
+
+def test_why_a_table_changed_names_its_params_then_what_it_read():
+    from usher_pipeline.history.diff import RunDiff, causes
+
+    def run(weight: float, script: str, data: str) -> dict[str, Any]:
+        job = {"step": "scores", "params": {"weights": {"a": weight}}, "inputs": ["data.tsv"]}
+        tiers = {"step": "tiers", "params": {"high": 0.5}, "inputs": ["results/scores.parquet"]}
+        return {
+            "jobs": [job, tiers],
+            "inputs": {"data.tsv": data},
+            "tables": {
+                "scores": {"fingerprint": f"fp2:{weight}{data}", "step": "scores", "upstream": []},
+                "tiers": {
+                    "fingerprint": f"fp2:{weight}{data}",
+                    "step": "tiers",
+                    "upstream": ["scores"],
+                },
+            },
+            "workflow": {"files": {"scripts/tiers.py": script}},
+        }
+
+    def why(old: dict[str, Any], new: dict[str, Any], table: str) -> list[str]:
+        diff = RunDiff(
+            old,
+            new,
+            [],
+            [],
+            [],
+            version_changes(old["inputs"], new["inputs"], name="path"),
+            version_changes(old["workflow"]["files"], new["workflow"]["files"], name="path"),
+        )
+        return causes(diff, old, new, table)
+
+    base = run(0.4, "s1", "d1")
+    assert why(base, run(0.5, "s1", "d1"), "scores") == [
+        "the params of scores changed: weights.a 0.4 -> 0.5"
+    ]
+    assert why(base, run(0.5, "s1", "d1"), "tiers") == ["tiers read changed tables: scores"]
+    assert why(base, run(0.4, "s1", "d2"), "scores") == ["scores read changed files: data.tsv"]
+    same_inputs = run(0.4, "s2", "d1")
+    same_inputs["tables"]["tiers"]["fingerprint"] = "fp2:other"
+    assert why(base, same_inputs, "tiers") == ["the workflow's files changed: scripts/tiers.py"]
