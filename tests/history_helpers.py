@@ -165,6 +165,28 @@ def after(seconds: float) -> Callable[[], bool]:
     return lambda: time.monotonic() >= at
 
 
+def same_run(old: dict[str, Any], new: dict[str, Any]) -> bool:
+    """Whether `new` records the same provenance merge of the same tables as `old`."""
+    return old["provenance_run_id"] == new["provenance_run_id"] and old["tables"].keys() == (
+        new["tables"].keys()
+    )
+
+
+def job_stats_of(log: str) -> dict[str, int]:
+    """The 'Job stats' table of a Snakemake log (rule -> jobs), or {} for no job."""
+    if "Job stats:" not in log:
+        return {}
+    lines = log.splitlines()
+    start = lines.index("Job stats:")
+    stats: dict[str, int] = {}
+    for line in lines[start + 3 :]:
+        parts = line.split()
+        if len(parts) != 2 or parts[0] == "total":
+            break
+        stats[parts[0]] = int(parts[1])
+    return stats
+
+
 # -- a tiny workflow ------------------------------------------------------------------------
 
 TINY_SNAKEFILE = """\

@@ -22,10 +22,12 @@ from history_helpers import (
     RETINA,
     after,
     fault_seed,
+    job_stats_of,
     named_objects,
     object_files,
     one_line_error,
     run_or_kill,
+    same_run,
     set_tiny,
     set_weights,
     tiny_run,
@@ -405,28 +407,6 @@ def check_random_kills(tmp_path: Path, rng: random.Random) -> None:
         diff = usher_json(workdir, "diff", runs[0]["run_id"], "latest")
         assert sorted(c["key"] for c in diff["config"]) == sorted(WEIGHTS)
     assert "Nothing to be done" in output(snakemake(workdir, "--cores", "2"))
-
-
-def same_run(old: dict[str, Any], new: dict[str, Any]) -> bool:
-    """Whether `new` records the same provenance merge of the same tables as `old`."""
-    return old["provenance_run_id"] == new["provenance_run_id"] and old["tables"].keys() == (
-        new["tables"].keys()
-    )
-
-
-def job_stats_of(log: str) -> dict[str, int]:
-    """The 'Job stats' table of a Snakemake log (rule -> jobs), or {} for no job."""
-    if "Job stats:" not in log:
-        return {}
-    lines = log.splitlines()
-    start = lines.index("Job stats:")
-    stats: dict[str, int] = {}
-    for line in lines[start + 3 :]:
-        parts = line.split()
-        if len(parts) != 2 or parts[0] == "total":
-            break
-        stats[parts[0]] = int(parts[1])
-    return stats
 
 
 @pytest.mark.slow
