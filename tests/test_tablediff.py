@@ -299,7 +299,18 @@ def test_diff_rows_columns(tmp_path: Path) -> None:
     paths = versions(tmp_path, old, new)
     rows = diff_rows(*paths, table="t", key=["id"], label="sym")
     assert diff_rows(*paths, table="t", key="id", label="sym").equals(rows)  # one column alone
-    assert rows.columns == ["change", "id", "sym", "sym_old", "sym_new", "v_old", "v_new"]
+    # rows were added and removed, so every column shows (w never changed)
+    assert rows.columns == [
+        "change",
+        "id",
+        "sym",
+        "sym_old",
+        "sym_new",
+        "v_old",
+        "v_new",
+        "w_old",
+        "w_new",
+    ]
     assert rows.to_dicts() == [
         {
             "change": "removed",
@@ -309,6 +320,8 @@ def test_diff_rows_columns(tmp_path: Path) -> None:
             "sym_new": None,
             "v_old": 1,
             "v_new": None,
+            "w_old": 0,
+            "w_new": None,
         },
         {
             "change": "changed",
@@ -318,6 +331,8 @@ def test_diff_rows_columns(tmp_path: Path) -> None:
             "sym_new": "C",
             "v_old": 3,
             "v_new": 9,
+            "w_old": 0,
+            "w_new": 0,
         },
         {
             "change": "added",
@@ -327,8 +342,13 @@ def test_diff_rows_columns(tmp_path: Path) -> None:
             "sym_new": "d",
             "v_old": None,
             "v_new": 4,
+            "w_old": None,
+            "w_new": 0,
         },
     ]
+    changed_only = versions(tmp_path, old, old.with_columns(v=pl.Series([1, 5, 3])))
+    only = diff_rows(*changed_only, table="t", key=["id"], label="sym")
+    assert only.columns == ["change", "id", "sym", "v_old", "v_new"]  # only what changed
 
 
 def test_as_json_and_load_version_keep_values(tmp_path: Path) -> None:
@@ -386,3 +406,16 @@ def test_whole_row_diff_over_the_common_comparable_columns(tmp_path: Path) -> No
     nothing_common = diff_parquet(*apart, table="t")
     assert (nothing_common.added, nothing_common.removed) == (1, 2)
     assert diff_rows(*apart, table="t").columns == ["change", "b", "a"]
+
+
+def test_a_unique_column_whose_every_value_changed_is_no_key(tmp_path: Path) -> None:
+    old = pl.DataFrame({"records": [40], "at_or_above": [20], "max_value": [998]})
+    new = pl.DataFrame({"records": [44], "at_or_above": [23], "max_value": [998]})
+    paths = versions(tmp_path, old, new)
+    assert find_unique_column(*paths) == "max_value"  # the one value both versions share
+    diff = diff_parquet(*paths, table="summary")
+    assert (diff.added, diff.removed, diff.changed) == (0, 0, 1)
+    moved = pl.DataFrame({"records": [44], "at_or_above": [23], "max_value": [997]})
+    paths = versions(tmp_path, old, moved)
+    assert find_unique_column(*paths) is None  # nothing shared: whole rows
+    assert diff_parquet(*paths, table="summary").key_source == "whole row"

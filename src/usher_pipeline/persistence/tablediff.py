@@ -19,17 +19,24 @@ common comparable columns): added and removed rows, never changed ones.
 
 from __future__ import annotations
 
-import datetime as _dt
-import math
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from usher_pipeline.persistence.connection import NO_EXTENSIONS
 from usher_pipeline.persistence.errors import StoreError
-from usher_pipeline.persistence.sql import parquet_source, quote_identifier, sql_string
+from usher_pipeline.persistence.sql import parquet_source, quote_identifier
+from usher_pipeline.persistence.versions import (
+    Columns,
+    connect_memory,
+    find_unique_column,
+    json_safe,
+    load_version,
+    parquet_columns,
+    parquet_rows,
+    unique_column,
+)
 
 if TYPE_CHECKING:
     import duckdb
@@ -38,11 +45,8 @@ if TYPE_CHECKING:
     Conn = duckdb.DuckDBPyConnection
 
 _CATEGORICAL = frozenset({"varchar", "boolean", "enum"})
-_NOT_KEY = frozenset({"float", "double", "list", "array", "map", "struct", "union"})
 MAX_TRANSITIONS = 20  # a categorical column with more distinct old->new pairs gets none
 KeySource = Literal["declared", "unique column", "whole row"]
-Columns = list[tuple[str, Any]]  # [(name, DuckDB type)]
-_SETUP = "SET TimeZone = 'UTC'; SET enable_progress_bar = false"  # UTC values, no output
 _WHOLE = "SELECT 'added' AS change, * FROM a UNION ALL BY NAME SELECT 'removed' AS change, * FROM r"
 
 
@@ -92,37 +96,6 @@ class TableDiff:
         return {name: json_safe(value) for name, value in asdict(self).items()}
 
 
-def json_safe(value: Any) -> Any:
-    """`value` with every part JSON holds as it is, the rest as strings."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return "NaN" if math.isnan(value) else "Infinity" if value > 0 else "-Infinity"
-    if value is None or isinstance(value, bool | int | float | str):
-        return value
-    if isinstance(value, dict):
-        return {str(k): json_safe(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [json_safe(v) for v in value]
-    if isinstance(value, bytes | bytearray | memoryview):
-        return bytes(value).hex()
-    return value.isoformat() if isinstance(value, _dt.date | _dt.time) else str(value)
-
-
-def _connect() -> Conn:
-    import duckdb
-
-    return duckdb.connect(config=NO_EXTENSIONS).execute(_SETUP)
-
-
-def _columns(conn: Conn, path: Path) -> Columns:
-    relation = conn.sql(f"SELECT * FROM {parquet_source(path)}")
-    return list(zip(relation.columns, relation.types, strict=True))
-
-
-def _num_rows(conn: Conn, path: Path) -> int:
-    sql = f"SELECT sum(num_rows) FROM parquet_file_metadata({sql_string(str(path))})"
-    return int(conn.sql(sql).fetchall()[0][0] or 0)
-
-
 def _comparable(conn: Conn, old: Any, new: Any) -> bool:
     """Whether DuckDB compares values of types `old` and `new` without failing on some."""
     import duckdb
@@ -134,36 +107,6 @@ def _comparable(conn: Conn, old: Any, new: Any) -> bool:
     except duckdb.Error:
         return False
     return True
-
-
-def load_version(path: Path, *, limit: int | None = None) -> pl.DataFrame:
-    """The rows of one version (a Parquet file) as a polars frame, values exactly as stored;
-    the first `limit` rows when given."""
-    from usher_pipeline.persistence.frames import relation_frame
-
-    with _connect() as conn:
-        tail = "" if limit is None else f" LIMIT {int(limit)}"
-        return relation_frame(conn.sql(f"SELECT * FROM {parquet_source(path)}{tail}"))
-
-
-def find_unique_column(old: Path, new: Path) -> str | None:
-    """The first column (new schema order, names ending in "id" first) both versions hold with
-    one type usable as a key (not float, not nested), non-NULL and unique in both, or None."""
-    with _connect() as conn:
-        return _unique_column(conn, Path(old), Path(new))
-
-
-def _unique_column(conn: Conn, old: Path, new: Path) -> str | None:
-    old_types, new_cols = {n: str(kind) for n, kind in _columns(conn, old)}, _columns(conn, new)
-    candidates = [
-        n for n, kind in new_cols if kind.id not in _NOT_KEY and old_types.get(n) == str(kind)
-    ]
-    for name in sorted(candidates, key=lambda name: not name.lower().endswith("id")):
-        col = quote_identifier(name)
-        check = f"SELECT count(DISTINCT {col}) = count(*) AND count({col}) = count(*) FROM "
-        if all(conn.sql(check + parquet_source(path)).fetchall()[0][0] for path in (old, new)):
-            return name
-    return None
 
 
 @dataclass
@@ -188,10 +131,10 @@ class _Plan:
 
 
 def _plan(conn: Conn, old: Path, new: Path, table: str, key: Any, label: str | None) -> _Plan:
-    old_all, new_all = _columns(conn, old), _columns(conn, new)
+    old_all, new_all = parquet_columns(conn, old), parquet_columns(conn, new)
     key = [key] if isinstance(key, str) else key  # one column named alone
     source: KeySource = "declared" if key else "whole row"
-    if key is None and (found := _unique_column(conn, old, new)):
+    if key is None and (found := unique_column(conn, old, new)):
         key, source = (found,), "unique column"
     plan = _Plan(table, old, new, tuple(key or ()), source, label)
     for path, cols in ((old, old_all), (new, new_all)):
@@ -264,7 +207,7 @@ def _build(conn: Conn, plan: _Plan) -> tuple[int, int]:
         f"SELECT (SELECT old_rows FROM agg), (SELECT new_rows FROM agg), count(*) FILTER "
         f"({null_key}), count(*) {unmatched} - count(DISTINCT row(s, {plan.ks})) {unmatched} FROM d"
     ).fetchall()[0]
-    rows = _num_rows(conn, plan.old), _num_rows(conn, plan.new)
+    rows = parquet_rows(conn, plan.old), parquet_rows(conn, plan.new)
     if null_keys or repeated or tuple(joined) != rows:
         raise _not_unique(conn, plan)
     return rows
@@ -302,7 +245,7 @@ def _whole(conn: Conn, plan: _Plan) -> tuple[int, int]:
     for name, this, other in (("r", old, new), ("a", new, old)):
         rows = f"SELECT {cols} FROM {this} EXCEPT ALL SELECT {cols} FROM {other}"  # or all
         conn.execute(f"CREATE TEMP TABLE {name} AS {rows if cols else f'SELECT * FROM {this}'}")
-    return _num_rows(conn, plan.old), _num_rows(conn, plan.new)
+    return parquet_rows(conn, plan.old), parquet_rows(conn, plan.new)
 
 
 @contextmanager
@@ -310,7 +253,7 @@ def _diffed(
     old: Path, new: Path, table: str, key: Any, label: str | None
 ) -> Iterator[tuple[Conn, _Plan, tuple[int, int]]]:
     """(connection, plan, (rows old, rows new)) once the pass has made its temporary tables."""
-    with _connect() as conn:
+    with connect_memory() as conn:
         plan = _plan(conn, Path(old), Path(new), table, key, label)
         rows = _build(conn, plan) if plan.key else _whole(conn, plan)
         yield conn, plan, rows
@@ -430,7 +373,8 @@ def diff_rows(
 ) -> pl.DataFrame:
     """Every differing row of two versions of `table`, by key: `change` ("added", "removed",
     "changed"), the key columns, the label, then `<col>_old` and `<col>_new` of each common
-    non-key column that changed in some row; of a whole-row diff, `change` and the row's
+    non-key column that changed in some row (of every common column when rows were added or
+    removed, so that their values show); of a whole-row diff, `change` and the row's
     columns. Rows are matched and compared as `diff_parquet` does."""
     from usher_pipeline.persistence.frames import relation_frame
 
@@ -441,10 +385,24 @@ def diff_rows(
         if plan.label is not None and plan.label not in plan.key:
             parts.append(f"l AS {quote_identifier(plan.label)}")
         changed = dict(_changed_columns(conn, plan))
-        parts += [
+        whole = conn.sql("SELECT count(*) FROM d WHERE s <> 'changed'").fetchall()[0][0] > 0
+        parts += [  # added and removed rows show every column, so every column is listed
             f"{side}{k} AS {quote_identifier(f'{name}_{which}')}"
             for name, i, j, _ in plan.common
-            if name in changed
+            if name in changed or whole
             for side, k, which in (("o", i, "old"), ("n", j, "new"))
         ]
         return relation_frame(conn.sql(f"SELECT {', '.join(parts)} FROM d ORDER BY {plan.ks}, s"))
+
+
+__all__ = [
+    "KeyMissing",
+    "KeyNotUnique",
+    "TableDiff",
+    "Transition",
+    "diff_parquet",
+    "diff_rows",
+    "find_unique_column",
+    "json_safe",
+    "load_version",
+]
