@@ -418,6 +418,28 @@ def cmd_gc(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _at_least_one(text: str) -> int:
+    """--keep-runs: a whole number of runs, 1 or more."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of runs") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value}: keep at least 1 run (the latest always is)")
+    return value
+
+
+def _positive_days(text: str) -> float:
+    """--keep-days: a number of days above 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of days") from None
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"{text}: give a number of days above 0")
+    return value
+
+
 def add_history_commands(add: AddCommand) -> None:
     """Register the history commands with the `usher-pipeline` parser."""
     formats = ["table", "csv", "json"]
@@ -444,6 +466,8 @@ def add_history_commands(add: AddCommand) -> None:
     show.add_argument("--format", choices=formats, default="table")
     show.add_argument("--limit", type=int, default=50, help="rows shown as a table (0 = all)")
     gc = add("gc", cmd_gc, "remove the runs the retention does not keep; report what it frees")
-    gc.add_argument("--keep-runs", type=int, metavar="N", help="keep the last N runs")
-    gc.add_argument("--keep-days", type=float, metavar="D", help="keep runs younger than D days")
+    gc.add_argument("--keep-runs", type=_at_least_one, metavar="N", help="keep the last N runs")
+    gc.add_argument(
+        "--keep-days", type=_positive_days, metavar="D", help="keep runs younger than D days"
+    )
     gc.add_argument("--dry-run", action="store_true", help="report only; remove nothing")

@@ -80,7 +80,8 @@ def _workflow_identity() -> dict[str, Any]:
     return {
         "name": manifest.workflow.name,
         "version": manifest.workflow.version,
-        "files": {f.path: f.sha256 for f in manifest.workflow.files},
+        # the config files' changes are the config keys' (the run's config)
+        "files": {f.path: f.sha256 for f in manifest.workflow.files if f.role != "config"},
     }
 
 
@@ -228,6 +229,11 @@ def record_run(
     with history.locked():
         history.remove_leftovers()
         previous = history.latest()
+        if previous is not None and previous.get("provenance_run_id") == provenance_run_id:
+            # the same step logs merged again: this run was recorded, and the job is being
+            # rerun because it was killed before Snakemake marked it finished
+            report(f"history: run {previous['run_id']} is recorded already")
+            return previous
         run = build_run(
             records,
             previous=previous,

@@ -319,6 +319,12 @@ class History:
     ) -> GcReport:
         """Remove the runs that neither `keep_runs` (the last N) nor `keep_days` (younger than
         D days) keeps, the latest run always kept, then every object no kept run names."""
+        if keep_runs is not None and keep_runs < 1:
+            raise HistoryError(
+                f"keep_runs is {keep_runs}: keep at least 1 run (the latest is always kept)"
+            )
+        if keep_days is not None and not keep_days > 0:
+            raise HistoryError(f"keep_days is {keep_days}: give a number of days above 0")
         with self.locked():
             self.remove_leftovers()
             ids = self.run_ids()
