@@ -5,6 +5,7 @@ import base64
 from pathlib import Path
 
 from usher_pipeline._io import read_json, remove_stale_temps
+from usher_pipeline.errors import UsherError
 from usher_pipeline.export.changes import write_changes
 from usher_pipeline.export.pictures import draw_lineage
 from usher_pipeline.history.diff import diff_runs
@@ -36,5 +37,13 @@ with user_errors(log, "rule usher_history_report"):
             write_changes(None, changes, lineage_png=picture)
         else:
             log.info("comparing run %s with run %s", run["run_id"], previous["run_id"])
-            diff = diff_runs(history, previous, run, progress=log.info).as_json()
-            write_changes(diff, changes, lineage_png=picture)
+            try:
+                diff = diff_runs(history, previous, run, progress=log.info).as_json()
+            except UsherError as error:  # a declared key that is not unique: say so, go on
+                note = (
+                    f"The runs {previous['run_id']} and {run['run_id']} cannot be compared: {error}"
+                )
+                log.warning("%s", note)
+                write_changes(None, changes, lineage_png=picture, note=note)
+            else:
+                write_changes(diff, changes, lineage_png=picture)
