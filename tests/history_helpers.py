@@ -222,6 +222,7 @@ rule all:
     default_target: True
     input:
         USHER.run_record,
+        USHER.history_report,
         USHER.sidecars(),
         USHER.products(),
         USHER.steplogs(),

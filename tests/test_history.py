@@ -304,6 +304,12 @@ def test_diff_says_a_declared_key_is_not_unique(tiny, command):
 
 
 @pytest.mark.slow
+def test_the_report_notes_a_key_that_is_not_unique_and_the_run_goes_on(tiny):
+    page = (tiny["workdir"] / "results/final/changes.html").read_text()
+    assert "cannot be compared" in page and "key k" in page  # the run itself succeeded
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("keep", ["0", "-1"])
 def test_gc_refuses_to_keep_fewer_than_one_run(tiny, keep):
     workdir = tiny["workdir"]
