@@ -58,7 +58,14 @@ MANIFEST_VERSION: Final = 1
 MANIFEST_PATH: Final = Path(".snakemake") / "usher_pipeline" / "manifest.json"
 #: The rule files of the library itself (in its rules/ folder): not the workflow's own files,
 #: and neither are the scripts of the rules they define.
-LIBRARY_RULE_FILES: Final = ("library.smk", "ingest.smk", "provenance.smk", "module.smk")
+LIBRARY_RULE_FILES: Final = (
+    "library.smk",
+    "ingest.smk",
+    "provenance.smk",
+    "module.smk",
+    "report.smk",
+    "download.smk",
+)
 #: Where Snakemake looks for a Snakefile when none is given, in this order.
 DEFAULT_SNAKEFILES: Final = ("Snakefile", "snakefile", "workflow/Snakefile", "workflow/snakefile")
 
