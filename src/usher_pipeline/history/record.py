@@ -244,9 +244,15 @@ def record_run(
             expected_versions=expected_versions,
             object_of=lambda fp: f"objects/{history.object_path(fp).name}",
         )
+        sentinels = {  # one lookup per table: a merge may hold thousands of step logs
+            (step_label(record), output["fingerprint"]): Path(str(output["path"]))
+            for record in records
+            for output in record["outputs"]
+            if output.get("table") and output.get("fingerprint")
+        }
         added = 0
         for entry in run["tables"].values():
-            sentinel = _sentinel_of(records, entry)
+            sentinel = sentinels[(entry["step"], entry["fingerprint"])]
             added += history.add_object(entry["fingerprint"], sentinel, entry.get("sha256"))
         fault_point("history_after_objects", "")
         history.save_run(run)
@@ -263,12 +269,3 @@ def record_run(
                 f"{freed.objects_removed} table versions ({freed.bytes_freed} bytes freed)"
             )
     return run
-
-
-def _sentinel_of(records: Sequence[Mapping[str, Any]], entry: Mapping[str, Any]) -> Path:
-    for record in records:
-        if step_label(record) == entry["step"]:
-            for output in record["outputs"]:
-                if output.get("fingerprint") == entry["fingerprint"] and output.get("table"):
-                    return Path(str(output["path"]))
-    raise KeyError(entry["step"])  # build_run made the entry from these records

@@ -203,9 +203,7 @@ class History:
             return self.load(by_prefix[0])
         moment = _as_moment(text)
         if moment is not None and not by_prefix:
-            ended = [
-                run_id for run_id in ids if parse_time(self.load(run_id)["ended_at"]) <= moment
-            ]
+            ended = [run["run_id"] for run in self.runs() if parse_time(run["ended_at"]) <= moment]
             if not ended:
                 raise RunNotFound(
                     f"no kept run ended by {ref}: the oldest kept run is {ids[0]} "
@@ -328,6 +326,7 @@ class History:
         with self.locked():
             self.remove_leftovers()
             ids = self.run_ids()
+            runs = {run_id: self.load(run_id) for run_id in ids}  # each record read once
             keep = set(ids[-1:])
             if keep_runs is None and keep_days is None:
                 keep = set(ids)
@@ -335,12 +334,12 @@ class History:
                 keep.update(ids[-keep_runs:])
             if keep_days is not None:
                 cutoff = (now or datetime.now(UTC)) - timedelta(days=keep_days)
-                keep.update(i for i in ids if parse_time(self.load(i)["ended_at"]) >= cutoff)
+                keep.update(i for i in ids if parse_time(runs[i]["ended_at"]) >= cutoff)
             removed = tuple(i for i in ids if i not in keep)
             named: set[str] = set()
             for run_id in ids:
                 if run_id in keep:
-                    tables = self.load(run_id)["tables"].values()
+                    tables = runs[run_id]["tables"].values()
                     named.update(Path(str(entry["object"])).name for entry in tables)
             if not dry_run:
                 for run_id in removed:  # records first: a kept record never misses an object
